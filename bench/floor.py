@@ -1,0 +1,159 @@
+"""The crypto floor: the raw cost of a token request's signatures with `cryptography`.
+
+For each client authentication method this times, on one core, only the
+cryptographic work that any server must do per `client_credentials` request:
+
+* ``basic``: SHA-256 of the client secret, plus one ES256 signature of a typical
+  access-token JWS signing input (including the DER -> raw r||s conversion JWS needs);
+* ``pkjwt``: one ES256 verification of a client assertion (raw r||s -> DER, then
+  verify) plus the same ES256 access-token signature.
+
+The result, in operations per second, is an upper bound for a single-core server's
+requests per second: no server doing this work can be faster.
+
+Run it alone with ``python bench/floor.py [--seconds S] [--json]``; pin it with
+``taskset -c 0`` to measure the same core the servers get. ``bench/issuer.py`` runs
+it that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+ES256 = ec.ECDSA(hashes.SHA256())
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_b64(obj: object) -> str:
+    return b64url(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def access_token_signing_input() -> bytes:
+    """A JWS signing input shaped like an RFC 9068 access token for this benchmark."""
+    now = int(time.time())
+    header = {"alg": "ES256", "typ": "at+jwt", "kid": "7b0b5f8e-2a6c-4c4e-9d0f-3f1d2c9a1b11"}
+    payload = {
+        "iss": "http://127.0.0.1:9100",
+        "sub": "c_3k9vQx2mT7bN1pL8wR4yZ6",
+        "aud": "https://api.bench.example",
+        "client_id": "c_3k9vQx2mT7bN1pL8wR4yZ6",
+        "scope": "read",
+        "iat": now,
+        "exp": now + 600,
+        "jti": "Vd2nq8sJx0bT5mK9rW3eY7hU1cA4fG6i",
+    }
+    return f"{_json_b64(header)}.{_json_b64(payload)}".encode("ascii")
+
+
+def client_assertion(key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
+    """A signed client assertion, as (signing input, raw r||s signature)."""
+    now = int(time.time())
+    header = {"alg": "ES256", "typ": "JWT", "kid": "bench-client-key"}
+    payload = {
+        "iss": "c_3k9vQx2mT7bN1pL8wR4yZ6",
+        "sub": "c_3k9vQx2mT7bN1pL8wR4yZ6",
+        "aud": "http://127.0.0.1:9100/token",
+        "iat": now,
+        "exp": now + 300,
+        "jti": "2f0c9b1e-5d7a-4c3b-8e6f-0a1b2c3d4e5f",
+    }
+    signing_input = f"{_json_b64(header)}.{_json_b64(payload)}".encode("ascii")
+    return signing_input, sign_es256(key, signing_input)
+
+
+def sign_es256(key: ec.EllipticCurvePrivateKey, signing_input: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(signing_input, ES256))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def verify_es256(key: ec.EllipticCurvePublicKey, signing_input: bytes, raw: bytes) -> None:
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    key.verify(der, signing_input, ES256)
+
+
+def _rate(op: Callable[[], object], seconds: float, batch: int = 50) -> float:
+    """Operations per second of `op`, run back to back for about `seconds`."""
+    for _ in range(batch):  # warm caches and the allocator
+        op()
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    now = start
+    while now < deadline:
+        for _ in range(batch):
+            op()
+        count += batch
+        now = time.perf_counter()
+    return count / (now - start)
+
+
+def measure(seconds: float = 2.0) -> dict[str, float]:
+    """Ops/sec for each floor, plus the primitives they are made of."""
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_pub = client_key.public_key()
+    at_input = access_token_signing_input()
+    ca_input, ca_sig = client_assertion(client_key)
+    secret = os.urandom(32).hex().encode()
+    stored = hashlib.sha256(secret).digest()
+
+    def basic() -> None:
+        if not hmac.compare_digest(hashlib.sha256(secret).digest(), stored):
+            raise AssertionError("secret mismatch")
+        sign_es256(server_key, at_input)
+
+    def pkjwt() -> None:
+        verify_es256(client_pub, ca_input, ca_sig)
+        sign_es256(server_key, at_input)
+
+    return {
+        "basic": _rate(basic, seconds),
+        "pkjwt": _rate(pkjwt, seconds),
+        "es256_sign": _rate(lambda: sign_es256(server_key, at_input), seconds / 2),
+        "es256_verify": _rate(lambda: verify_es256(client_pub, ca_input, ca_sig), seconds / 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per floor (default 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    result = measure(args.seconds)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    cpus = sorted(os.sched_getaffinity(0))
+    print(f"crypto floor with cryptography, 1 process on CPU(s) {cpus}:")
+    labels = {
+        "basic": "client_secret_basic: sha256 + ES256 sign",
+        "pkjwt": "private_key_jwt: ES256 verify + ES256 sign",
+        "es256_sign": "ES256 sign alone",
+        "es256_verify": "ES256 verify alone",
+    }
+    for name, label in labels.items():
+        print(f"  {label:<45} {result[name]:>10,.0f} ops/s  {1e6 / result[name]:7.1f} us/op")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ASGI application: the only package that knows the web framework."""

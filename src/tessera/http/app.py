@@ -1,0 +1,217 @@
+"""The ASGI application: routes map HTTP to core calls and core errors to RFC-shaped responses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from tessera.clock import Clock
+from tessera.oauth.client_auth import ClientAuthenticator
+from tessera.oauth.clients import Client
+from tessera.oauth.endpoints.discovery import metadata
+from tessera.oauth.endpoints.registration import RegistrationEndpoint
+from tessera.oauth.endpoints.token import TokenEndpoint
+from tessera.oauth.errors import InvalidRequest, OAuthError
+from tessera.oauth.forms import parse_form
+from tessera.oauth.grants.client_credentials import ClientCredentialsGrant
+from tessera.oauth.keys import KeyRing
+from tessera.runtime import Runtime, client_policy, open_runtime
+from tessera.settings import load_settings
+
+from .body import read_body, read_json
+from .responses import NO_STORE, json_response, oauth_error
+
+__all__ = ["KeyService", "build_app", "create_app"]
+
+log = logging.getLogger("tessera.http")
+
+
+class KeyService:
+    """The process's view of the signing keys, reloaded from the store on an interval."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self.ring = KeyRing()
+        self.jwks_body = b'{"keys":[]}'
+
+    def current(self) -> KeyRing:
+        return self.ring
+
+    async def reload(self) -> None:
+        self._set(await self._rt.store.load_keys())
+
+    def _set(self, records: list[Any]) -> None:
+        ring = KeyRing.from_records(records, self._rt.kek, int(self._rt.clock.now()))
+        self.ring = ring
+        self.jwks_body = json.dumps(ring.jwks, separators=(",", ":")).encode()
+
+
+class JwksFetcher:
+    """Fetches a client's ``jwks_uri``: bounded size, no redirects, cached, refetched at most every 30 s."""
+
+    def __init__(self, clock: Clock, ttl: float = 300.0, min_refresh: float = 30.0) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._min_refresh = min_refresh
+        self._cache: dict[str, tuple[float, Mapping[str, Any]]] = {}
+        self._client = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+
+    async def __call__(self, client: Client, refresh: bool) -> Mapping[str, Any]:
+        uri = client.metadata["jwks_uri"]
+        now = self._clock.now()
+        hit = self._cache.get(uri)
+        if hit and (now < hit[0] + self._ttl) and not (refresh and now >= hit[0] + self._min_refresh):
+            return hit[1]
+        try:
+            r = await self._client.get(uri, headers={"Accept": "application/json"})
+            if r.status_code != 200 or len(r.content) > 65536:
+                raise ValueError(f"jwks_uri answered {r.status_code}")
+            value = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            if hit:
+                return hit[1]
+            raise ValueError(str(e)) from None
+        self._cache[uri] = (now, value)
+        return value
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _handler(fn: Callable[[Request], Awaitable[Response]], realm: str) -> Callable[[Request], Awaitable[Response]]:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except OAuthError as e:
+            return oauth_error(e, realm)
+
+    return wrapped
+
+
+def build_app(runtime: Runtime) -> Starlette:
+    settings, store, clock = runtime.settings, runtime.store, runtime.clock
+    issuer = settings.issuer
+    keys = KeyService(runtime)
+    fetch_jwks = JwksFetcher(clock)
+    authenticator = ClientAuthenticator(
+        issuer=issuer, token_endpoint=issuer + "/oauth/token", lookup=store.get_client, fetch_jwks=fetch_jwks,
+        now=clock.now, assertion_max_lifetime=settings.assertion_max_lifetime, leeway=settings.leeway)
+    grants = [
+        ClientCredentialsGrant(issuer=issuer, keys=keys.current, signing_alg=settings.signing_algs[0],
+                               recorder=store, now=clock.now, max_lifetime=settings.access_token_lifetime,
+                               default_audience=settings.audience_default),
+    ]
+    token_endpoint = TokenEndpoint(grants, authenticator, store)
+    registration = RegistrationEndpoint(issuer=issuer, initial_access_token=settings.registration_token,
+                                        policy=client_policy(settings), reader=store, writer=store, now=clock.now)
+    discovery = json.dumps(metadata(issuer=issuer, grant_types=token_endpoint.grant_types,
+                                    signing_algs=settings.signing_algs, registration=registration.enabled),
+                           separators=(",", ":")).encode()
+    realm = issuer
+
+    async def token(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await read_body(request, settings.max_body_bytes)
+        if ctype != "application/x-www-form-urlencoded":
+            raise InvalidRequest("the token request must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
+        form = parse_form(body)
+        result = await token_endpoint.handle(request.headers, form)
+        return json_response(result, 200, NO_STORE)
+
+    async def well_known(request: Request) -> Response:
+        return Response(discovery, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
+
+    async def jwks(request: Request) -> Response:
+        return Response(keys.jwks_body, media_type="application/jwk-set+json",
+                        headers={"Cache-Control": f"public, max-age={settings.jwks_max_age}"})
+
+    async def register(request: Request) -> Response:
+        if not registration.enabled:
+            return json_response({"error": "access_denied", "error_description": "dynamic registration is disabled"},
+                                 403, NO_STORE)
+        authz = request.headers.get("authorization")
+        registration.check_initial_token(authz)  # before reading the body: nothing parsed for strangers
+        body = await read_json(request, settings.max_body_bytes)
+        return json_response(await registration.register(authz, body), 201, NO_STORE)
+
+    async def manage(request: Request) -> Response:
+        cid = request.path_params["client_id"]
+        authz = request.headers.get("authorization")
+        if request.method == "GET":
+            return json_response(await registration.read(cid, authz), 200, NO_STORE)
+        if request.method == "DELETE":
+            await registration.delete(cid, authz)
+            return Response(status_code=204, headers=NO_STORE)
+        await registration.read(cid, authz)  # authenticate before parsing
+        body = await read_json(request, settings.max_body_bytes)
+        return json_response(await registration.update(cid, authz, body), 200, NO_STORE)
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def background() -> None:
+        while True:
+            await asyncio.sleep(settings.key_refresh_interval)
+            try:
+                await asyncio.to_thread(store.sweep)
+                await keys.reload()
+            except Exception:
+                log.exception("background key refresh failed; serving with the keys loaded before")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store.start()
+        await keys.reload()
+        task = asyncio.create_task(background())
+        log.info("Tessera serving issuer %s", issuer)
+        try:
+            yield
+        finally:
+            task.cancel()
+            await fetch_jwks.close()
+            store.close()
+
+    from tessera.http.admin import admin_app
+
+    h = lambda fn: _handler(fn, realm)  # noqa: E731
+    prefix = _path_prefix(issuer)
+    routes = [
+        Route(prefix + "/.well-known/openid-configuration", well_known, methods=["GET"]),
+        Route(prefix + "/.well-known/oauth-authorization-server", well_known, methods=["GET"]),
+        Route(prefix + "/oauth/token", h(token), methods=["POST"]),
+        Route(prefix + "/oauth/jwks", jwks, methods=["GET"]),
+        Route(prefix + "/oauth/register", h(register), methods=["POST"]),
+        Route(prefix + "/oauth/register/{client_id}", h(manage), methods=["GET", "PUT", "DELETE"]),
+        Route(prefix + "/healthz", healthz, methods=["GET"]),
+        Mount(prefix + "/admin", app=admin_app(runtime, keys)),
+    ]
+    if prefix:
+        # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.
+        routes.append(Route("/.well-known/oauth-authorization-server" + prefix, well_known, methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.keys = keys
+    return app
+
+
+def _path_prefix(issuer: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(issuer).path.rstrip("/")
+
+
+def create_app() -> Starlette:
+    """Factory for uvicorn (also used by each worker process): configuration from the environment."""
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return build_app(open_runtime(settings))

@@ -1,0 +1,268 @@
+"""Client authentication at the token endpoint.
+
+- ``client_secret_basic`` / ``client_secret_post``: RFC 6749 §2.3.1. Secrets are stored as SHA-256
+  digests (they are 256-bit random values we generated) and compared in constant time.
+- ``private_key_jwt``: RFC 7523 §2.2 and §3, OpenID Connect Core §9. The assertion is parsed and
+  verified by joserfc with an explicit algorithm allow-list; the key is chosen among the client's
+  registered keys only (``jku``, ``x5u``, ``jwk`` headers are never followed).
+- ``none`` never authenticates: it only names a public client, which no confidential grant accepts.
+
+RFC 6749 §2.3: a client MUST NOT use more than one authentication method in a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from tessera.oauth.clients import ASSERTION_ALGS, SECRET_METHODS, Client, secret_matches
+from tessera.oauth.errors import InvalidClient, InvalidRequest
+
+__all__ = [
+    "JWT_BEARER_ASSERTION_TYPE",
+    "AssertionUse",
+    "AuthenticatedClient",
+    "ClientAuthenticator",
+    "import_jwks",
+]
+
+JWT_BEARER_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_ASSERTION_BYTES = 8192
+_ALGS_FOR_KTY = {"EC": {"ES256", "ES384", "ES512"}, "RSA": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
+                 "OKP": {"EdDSA", "Ed25519"}}
+
+
+def import_jwks(jwks: Mapping[str, Any]) -> KeySet:
+    """Import a client's public JWK Set; ValueError with a readable reason if it is not one."""
+    try:
+        return KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"not a valid JWK Set ({e})") from None
+
+
+@dataclass(frozen=True)
+class AssertionUse:
+    """A client assertion's ``jti``: recorded with the issuance so that it is used once."""
+
+    client_id: str
+    jti: str
+    exp: int
+
+
+@dataclass(frozen=True)
+class AuthenticatedClient:
+    client: Client
+    method: str
+    assertion: AssertionUse | None = None
+
+
+ClientLookup = Callable[[str], Awaitable[Client | None]]
+JwksFetcher = Callable[[Client, bool], Awaitable[Mapping[str, Any]]]
+
+
+def _b64json(segment: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidClient("client_assertion is not a well-formed JWT") from e
+    if not isinstance(value, dict):
+        raise InvalidClient("client_assertion is not a well-formed JWT")
+    return value
+
+
+class ClientAuthenticator:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        token_endpoint: str,
+        lookup: ClientLookup,
+        fetch_jwks: JwksFetcher,
+        now: Callable[[], float],
+        assertion_max_lifetime: int,
+        leeway: int,
+    ) -> None:
+        self._issuer = issuer
+        self._audiences = {issuer, token_endpoint}
+        self._lookup = lookup
+        self._fetch_jwks = fetch_jwks
+        self._now = now
+        self._max_lifetime = assertion_max_lifetime
+        self._leeway = leeway
+        self._keysets: dict[tuple[str, int], KeySet] = {}
+
+    async def authenticate(self, headers: Mapping[str, str], form: Mapping[str, str]) -> AuthenticatedClient:
+        authz = headers.get("authorization")
+        basic = authz is not None and authz[:6].lower() == "basic "
+        used = [name for name, present in (
+            ("client_secret_basic", basic),
+            ("client_secret_post", "client_secret" in form),
+            ("private_key_jwt", "client_assertion" in form or "client_assertion_type" in form),
+        ) if present]
+        if len(used) > 1:
+            raise InvalidRequest("more than one client authentication method was used (RFC 6749 §2.3)")
+        method = used[0] if used else "none"
+        if method == "client_secret_basic":
+            assert authz is not None
+            client_id, secret = self._parse_basic(authz)
+            if "client_id" in form and form["client_id"] != client_id:
+                raise InvalidRequest("client_id in the body differs from the authenticated client")
+            client = await self._known(client_id, method)
+            return self._check_secret(client, secret, method)
+        if method == "client_secret_post":
+            client_id = form.get("client_id")
+            if not client_id:
+                raise InvalidRequest("client_secret_post requires client_id")
+            client = await self._known(client_id, method)
+            return self._check_secret(client, form["client_secret"], method)
+        if method == "private_key_jwt":
+            return await self._assertion(form)
+        client_id = form.get("client_id")
+        if not client_id:
+            raise InvalidClient("client authentication is required")
+        client = await self._known(client_id, method)
+        return AuthenticatedClient(client, "none")
+
+    @staticmethod
+    def _parse_basic(authz: str) -> tuple[str, str]:
+        try:
+            decoded = base64.b64decode(authz[6:].strip(), validate=True).decode("utf-8")
+            raw_id, raw_secret = decoded.split(":", 1)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise InvalidClient("malformed HTTP Basic credentials") from None
+        # RFC 6749 §2.3.1: id and secret are application/x-www-form-urlencoded before Basic encoding.
+        client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+        if not client_id:
+            raise InvalidClient("malformed HTTP Basic credentials")
+        return client_id, secret
+
+    async def _known(self, client_id: str, method: str) -> Client:
+        client = await self._lookup(client_id) if len(client_id) <= 256 else None
+        if client is None:
+            raise InvalidClient("unknown client or bad credentials")
+        if client.auth_method != method:
+            raise InvalidClient(f"this client must authenticate with {client.auth_method}",
+                                client_id=client.client_id)
+        return client
+
+    @staticmethod
+    def _check_secret(client: Client, secret: str, method: str) -> AuthenticatedClient:
+        if method not in SECRET_METHODS or not secret_matches(secret, client.secret_hash):
+            raise InvalidClient("unknown client or bad credentials", client_id=client.client_id)
+        return AuthenticatedClient(client, method)
+
+    async def _assertion(self, form: Mapping[str, str]) -> AuthenticatedClient:
+        if form.get("client_assertion_type") != JWT_BEARER_ASSERTION_TYPE:
+            raise InvalidRequest(f"client_assertion_type must be {JWT_BEARER_ASSERTION_TYPE}")
+        value = form.get("client_assertion", "")
+        if not value:
+            raise InvalidRequest("client_assertion is missing")
+        if len(value) > MAX_ASSERTION_BYTES:
+            raise InvalidClient("client_assertion is too large")
+        parts = value.split(".")
+        if len(parts) != 3:
+            raise InvalidClient("client_assertion must be a compact JWS (JWE is not accepted)")
+        header, unverified = _b64json(parts[0]), _b64json(parts[1])
+        # RFC 7523 §3: the JWT MUST contain a "sub" claim; for client authentication it is the client_id.
+        sub = unverified.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidClient("client_assertion has no sub")
+        if "client_id" in form and form["client_id"] != sub:
+            raise InvalidClient("client_id does not match the assertion's sub")
+        client = await self._known(sub, "private_key_jwt")
+        alg = header.get("alg")
+        allowed = {client.metadata["token_endpoint_auth_signing_alg"]} if client.metadata.get(
+            "token_endpoint_auth_signing_alg") else set(ASSERTION_ALGS) | {"Ed25519"}
+        if not isinstance(alg, str) or alg not in allowed:
+            raise InvalidClient(f"client_assertion alg {str(alg)[:20]!r} is not accepted", client_id=sub)
+        if "crit" in header:
+            raise InvalidClient("client_assertion uses critical header parameters", client_id=sub)
+        claims = await self._verify_signature(client, value, header, alg)
+        self._check_claims(client, claims)
+        return AuthenticatedClient(client, "private_key_jwt",
+                                   AssertionUse(client.client_id, claims["jti"], int(claims["exp"])))
+
+    async def _keyset(self, client: Client, refresh: bool) -> KeySet:
+        if "jwks" in client.metadata:
+            key = (client.client_id, client.updated_at)
+            ks = self._keysets.get(key)
+            if ks is None:
+                ks = import_jwks(client.metadata["jwks"])
+                if len(self._keysets) > 10_000:
+                    self._keysets.clear()
+                self._keysets[key] = ks
+            return ks
+        try:
+            return import_jwks(await self._fetch_jwks(client, refresh))
+        except ValueError as e:
+            raise InvalidClient(f"the client's jwks_uri did not serve usable keys: {e}",
+                                client_id=client.client_id) from None
+
+    async def _verify_signature(self, client: Client, value: str, header: dict[str, Any],
+                                alg: str) -> dict[str, Any]:
+        kid = header.get("kid")
+        for refresh in (False, True):
+            ks = await self._keyset(client, refresh)
+            candidates = [k for k in ks.keys if (kid is None or k.kid == kid)
+                          and alg in _ALGS_FOR_KTY.get(k.key_type, set())
+                          and (k.get("alg") is None or k.get("alg") == alg)]
+            if candidates or "jwks" in client.metadata:
+                break
+        for key in candidates[:4]:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # joserfc flags "EdDSA" as superseded by RFC 9864
+                    token = jwt.decode(value, key, algorithms=[alg])
+            except (JoseError, ValueError, TypeError):
+                continue
+            claims = dict(token.claims)
+            return claims
+        raise InvalidClient("client_assertion signature does not verify with the client's registered keys",
+                            client_id=client.client_id)
+
+    def _check_claims(self, client: Client, claims: dict[str, Any]) -> None:
+        cid = client.client_id
+        now = self._now()
+        # RFC 7523 §3 (1): iss MUST be the client_id; (2) sub MUST be the client_id.
+        if claims.get("iss") != cid or claims.get("sub") != cid:
+            raise InvalidClient("client_assertion iss and sub must both equal the client_id", client_id=cid)
+        # RFC 7523 §3 (3): aud MUST identify the authorization server. A single value only: a list
+        # of audiences is how assertions get replayed across servers.
+        aud = claims.get("aud")
+        if isinstance(aud, list) and len(aud) == 1:
+            aud = aud[0]
+        if not isinstance(aud, str) or aud not in self._audiences:
+            raise InvalidClient("client_assertion aud must be this issuer or its token endpoint", client_id=cid)
+        # RFC 7523 §3 (4): exp MUST be present and the JWT MUST be rejected once expired.
+        exp = claims.get("exp")
+        if not _is_num(exp):
+            raise InvalidClient("client_assertion has no numeric exp", client_id=cid)
+        if exp <= now - self._leeway:
+            raise InvalidClient("client_assertion has expired", client_id=cid)
+        if exp - now > self._max_lifetime + self._leeway:
+            raise InvalidClient(f"client_assertion lives longer than {self._max_lifetime} s", client_id=cid)
+        nbf = claims.get("nbf")
+        if nbf is not None and (not _is_num(nbf) or nbf > now + self._leeway):
+            raise InvalidClient("client_assertion is not yet valid (nbf)", client_id=cid)
+        iat = claims.get("iat")
+        if iat is not None and (not _is_num(iat) or iat > now + self._leeway):
+            raise InvalidClient("client_assertion iat is in the future", client_id=cid)
+        # RFC 7523 §3 (7) and OIDC Core §9: jti is used to refuse replays; Tessera requires it.
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise InvalidClient("client_assertion needs a jti (at most 256 characters)", client_id=cid)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e12

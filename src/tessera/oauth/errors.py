@@ -1,0 +1,102 @@
+"""One exception class per RFC / OpenID error code.
+
+The core raises these; ``tessera.http`` renders them (RFC 6749 §5.2 JSON body, status code and,
+for ``invalid_client``, ``WWW-Authenticate``). ``description`` is safe to show to the client:
+it never contains secrets or the submitted credential.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "InvalidClient",
+    "InvalidClientMetadata",
+    "InvalidGrant",
+    "InvalidRedirectUri",
+    "InvalidRequest",
+    "InvalidScope",
+    "InvalidTarget",
+    "InvalidToken",
+    "OAuthError",
+    "TemporarilyUnavailable",
+    "UnauthorizedClient",
+    "UnsupportedGrantType",
+]
+
+
+class OAuthError(Exception):
+    error: ClassVar[str] = "server_error"
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, description: str = "", *, client_id: str | None = None) -> None:
+        super().__init__(description or self.error)
+        self.description = description
+        self.client_id = client_id
+
+    def body(self) -> dict[str, str]:
+        out = {"error": self.error}
+        if self.description:
+            out["error_description"] = self.description
+        return out
+
+
+class InvalidRequest(OAuthError):
+    """RFC 6749 §5.2: missing, repeated or malformed parameter."""
+
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    """RFC 6749 §5.2: client authentication failed. Rendered with 401 and WWW-Authenticate."""
+
+    error = "invalid_client"
+    status_code = 401
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    """RFC 6749 §5.2: the authenticated client may not use this grant type."""
+
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: the requested resource is invalid, unknown or not allowed for this client."""
+
+    error = "invalid_target"
+
+
+class InvalidClientMetadata(OAuthError):
+    """RFC 7591 §3.2.2."""
+
+    error = "invalid_client_metadata"
+
+
+class InvalidRedirectUri(OAuthError):
+    """RFC 7591 §3.2.2."""
+
+    error = "invalid_redirect_uri"
+
+
+class InvalidToken(OAuthError):
+    """RFC 6750 §3.1 / RFC 7592 §2: the registration access token (or bearer token) is not valid."""
+
+    error = "invalid_token"
+    status_code = 401
+
+
+class TemporarilyUnavailable(OAuthError):
+    error = "temporarily_unavailable"
+    status_code = 503

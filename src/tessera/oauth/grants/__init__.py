@@ -1,0 +1,32 @@
+"""Grant handlers: one module per grant type, each naming its RFC. Registered in ``server.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from tessera.oauth.client_auth import AuthenticatedClient
+from tessera.oauth.forms import Form
+
+__all__ = ["Grant", "TokenRequest", "TokenResponse"]
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    form: Form
+    client: AuthenticatedClient
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    body: dict[str, Any]
+    audit: dict[str, Any] = field(default_factory=dict)
+
+
+class Grant(Protocol):
+    grant_type: ClassVar[str]
+    #: RFC 6749 §4.4 and friends: the grant is only for clients that authenticated.
+    requires_authentication: ClassVar[bool]
+
+    async def respond(self, request: TokenRequest) -> TokenResponse: ...

@@ -1,0 +1,124 @@
+"""The composition root shared by ``tessera serve`` and the CLI: settings → KEK → store → keys.
+
+First start creates what is missing: the data directory, the database schema, a KEK file (only
+when ``TESSERA_KEK`` is not set) and an active and a next signing key per configured algorithm.
+Clients declared in the config file are synced into the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.audit import AuditEvent
+from tessera.clock import Clock, SystemClock
+from tessera.oauth.clients import SECRET_METHODS, Client, ClientPolicy, hash_secret, validate_metadata
+from tessera.oauth.errors import OAuthError
+from tessera.oauth.keys import KEK, KekError
+from tessera.settings import Settings, SettingsError
+from tessera.store.sql import repo
+from tessera.store.sql.store import SqlStore
+
+__all__ = ["SUPPORTED_GRANTS", "Runtime", "client_policy", "open_runtime"]
+
+log = logging.getLogger("tessera")
+SUPPORTED_GRANTS = ("client_credentials",)
+
+
+def client_policy(settings: Settings) -> ClientPolicy:
+    return ClientPolicy(grant_types=SUPPORTED_GRANTS, max_token_lifetime=settings.access_token_lifetime)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: SqlStore
+    kek: KEK
+    clock: Clock
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _load_kek(settings: Settings, store: SqlStore) -> KEK:
+    if settings.kek:
+        return KEK.from_text(settings.kek)
+    path = settings.data_dir / "kek"
+    if path.exists():
+        return KEK.from_text(path.read_text())
+    if store.read(repo.load_keys):
+        raise KekError(f"signing keys exist but no key-encryption key was found: set TESSERA_KEK or restore {path}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(KEK.generate_text() + "\n")
+    log.warning("created a key-encryption key at %s; in production, set TESSERA_KEK from a secret store "
+                "instead of keeping it beside the database", path)
+    return KEK.from_text(path.read_text())
+
+
+def _declared_client(raw: dict[str, Any], settings: Settings, now: int) -> Client:
+    if not isinstance(raw.get("client_id"), str) or not raw["client_id"]:
+        raise SettingsError("clients: every declared client needs a client_id")
+    cid = raw["client_id"]
+    try:
+        md = validate_metadata({k: v for k, v in raw.items()
+                                if k not in ("client_id", "client_secret", "client_secret_sha256")},
+                               client_policy(settings))
+    except OAuthError as e:
+        raise SettingsError(f"clients.{cid}: {e.description}") from None
+    secret_hash = None
+    if md["token_endpoint_auth_method"] in SECRET_METHODS:
+        if raw.get("client_secret_sha256"):
+            secret_hash = str(raw["client_secret_sha256"]).lower()
+        elif raw.get("client_secret"):
+            if len(str(raw["client_secret"])) < 32:
+                raise SettingsError(f"clients.{cid}: client_secret must be at least 32 characters")
+            secret_hash = hash_secret(str(raw["client_secret"]))
+        else:
+            raise SettingsError(f"clients.{cid}: a secret method needs client_secret or client_secret_sha256")
+    return Client(client_id=cid, metadata=md, secret_hash=secret_hash, source="config", created_at=now,
+                  updated_at=now)
+
+
+def sync_declared_clients(settings: Settings, store: SqlStore) -> None:
+    now = int(store.clock.now())
+    declared = {c.client_id: c for c in (_declared_client(raw, settings, now) for raw in settings.clients)}
+    with store.transaction() as conn:
+        events: list[AuditEvent] = []
+        existing = {c.client_id: c for c in repo.list_clients(conn, limit=1_000_000)}
+        for cid, want in declared.items():
+            have = existing.get(cid)
+            if have is None:
+                repo.insert_client(conn, want)
+                events.append(AuditEvent("client.declared", actor="config", subject=cid, data={"metadata": want.metadata}))
+            elif have.source != "config":
+                raise SettingsError(f"clients.{cid}: a client with this id was registered by other means")
+            elif (have.metadata, have.secret_hash) != (want.metadata, want.secret_hash):
+                repo.update_client(conn, Client(cid, want.metadata, want.secret_hash, "config", have.created_at, now))
+                events.append(AuditEvent("client.updated", actor="config", subject=cid, data={"metadata": want.metadata}))
+        for cid, have in existing.items():
+            if have.source == "config" and cid not in declared:
+                repo.delete_client(conn, cid)
+                events.append(AuditEvent("client.deleted", actor="config", subject=cid, data={"via": "config"}))
+        repo.append_audit(conn, events, store.now_ms())
+
+
+def open_runtime(settings: Settings, clock: Clock | None = None, *, migrate: bool = True,
+                 bootstrap: bool = True) -> Runtime:
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(settings.database_url, clock, client_cache_ttl=settings.client_cache_ttl)
+    try:
+        if migrate:
+            store.migrate()
+        kek = _load_kek(settings, store)
+        if bootstrap:
+            store.bootstrap_keys(settings.signing_algs, kek)
+            sync_declared_clients(settings, store)
+    except Exception:
+        store.close()
+        raise
+    return Runtime(settings, store, kek, clock)

@@ -1,0 +1,183 @@
+"""The one place configuration is read.
+
+Precedence, lowest first: built-in defaults, the TOML file named by ``TESSERA_CONFIG`` (top-level
+keys are the setting names below), then ``TESSERA_<NAME>`` environment variables. Every setting is
+documented in ``docs/configuration.md``; ``tessera config`` prints the effective values (secrets
+masked). Nothing else in the code base reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "is_loopback_host", "load_settings"]
+
+ENV_PREFIX = "TESSERA_"
+log = logging.getLogger("tessera.settings")
+
+
+class SettingsError(Exception):
+    """Configuration that cannot be used; the message names the setting and the reason."""
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseModel):
+    """Every setting Tessera reads. Field docs are the configuration reference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path | None = Field(None, description="Path of the TOML configuration file.")
+    issuer: str = Field("", description="Public issuer identifier (URL). Default: http://HOST:PORT. "
+                        "http:// is accepted only for loopback hosts, with a warning.")
+    data_dir: Path = Field(Path("tessera-data"), description="Directory for the SQLite database and key "
+                           "material created on first start.")
+    database_url: str = Field("", description="sqlite:///PATH or postgresql://USER:PASS@HOST/DB. "
+                              "Default: the SQLite file DATA_DIR/tessera.db.")
+    host: str = Field("127.0.0.1", description="Address `tessera serve` listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port `tessera serve` listens on.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes started by `tessera serve`.")
+    kek: str | None = Field(None, description="Key-encryption key: 32 random bytes, base64url. Encrypts "
+                            "private signing keys at rest. Without it, a KEK file is created in DATA_DIR "
+                            "on first start (with a warning).", repr=False)
+    admin_token: str | None = Field(None, description="Bearer token for the admin API. The admin API is "
+                                    "disabled while this is unset.", repr=False)
+    registration_token: str | None = Field(None, description="RFC 7591 initial access token. Dynamic client "
+                                           "registration is disabled while this is unset.", repr=False)
+    signing_algs: list[str] = Field(["ES256"], description="Algorithms with a signing key lifecycle; the first "
+                                    "signs access tokens unless a client asks for another. ES256, RS256, EdDSA.")
+    access_token_lifetime: int = Field(900, ge=10, le=86400, description="Default and maximum access token "
+                                       "lifetime in seconds; a client's own cap may only lower it.")
+    default_audience: str | None = Field(None, description="Audience of tokens requested without `resource` by "
+                                         "a client that has no default_resource. Default: the issuer.")
+    assertion_max_lifetime: int = Field(300, ge=10, le=3600, description="Longest accepted lifetime "
+                                        "(exp - now) of a private_key_jwt client assertion, in seconds.")
+    leeway: int = Field(30, ge=0, le=300, description="Clock skew tolerated on every time check, in seconds.")
+    key_refresh_interval: float = Field(5.0, gt=0, le=300, description="How often a server process reloads "
+                                        "signing keys from the database (rotation by another process).")
+    jwks_max_age: int = Field(300, ge=0, le=86400, description="Cache-Control max-age of the JWKS response.")
+    client_cache_ttl: float = Field(1.0, ge=0, le=60, description="How long a process caches a client's "
+                                    "registration; a change made by another process is seen within this time.")
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    clients: list[dict[str, Any]] = Field(default_factory=list, description="Clients declared in the config "
+                                          "file (RFC 7591 metadata plus client_id and, for secret methods, "
+                                          "client_secret_sha256 or client_secret). Synced on start.")
+
+    @field_validator("signing_algs")
+    @classmethod
+    def _algs(cls, v: list[str]) -> list[str]:
+        allowed = {"ES256", "RS256", "EdDSA"}
+        bad = [a for a in v if a not in allowed]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list of distinct values from {sorted(allowed)}, got {v}")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if not self.issuer:
+            host = self.host if ":" not in self.host else f"[{self.host}]"
+            object.__setattr__(self, "issuer", f"http://{host}:{self.port}")
+        _check_issuer(self.issuer)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'tessera.db').absolute()}")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("database_url must start with sqlite:/// or postgresql://")
+        return self
+
+    @property
+    def audience_default(self) -> str:
+        return self.default_audience or self.issuer
+
+    def masked(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json")
+        for k in ("kek", "admin_token", "registration_token"):
+            if out.get(k):
+                out[k] = "***"
+        if "@" in out["database_url"]:
+            scheme, rest = out["database_url"].split("://", 1)
+            out["database_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return out
+
+
+def _check_issuer(issuer: str) -> None:
+    # RFC 8414 §2: the issuer is a URL using the https scheme with no query or fragment components.
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"issuer must be an absolute https URL, got {issuer!r}")
+    if parts.query or parts.fragment or "?" in issuer or "#" in issuer:
+        raise ValueError("issuer must not have a query or fragment (RFC 8414 §2)")
+    if issuer.endswith("/"):
+        raise ValueError("issuer must not end with '/': it is compared as an exact string")
+    if parts.scheme == "http":
+        if not is_loopback_host(parts.hostname):
+            raise ValueError("issuer must use https; http:// is allowed only for loopback hosts")
+        log.warning("issuer %s uses http://: acceptable for local development only", issuer)
+
+
+def _env_value(name: str, raw: str, annotation: Any) -> Any:
+    if name in ("signing_algs",):
+        raw = raw.strip()
+        return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
+    if name == "clients":
+        return json.loads(raw)
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the config file, the environment and explicit overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_path = overrides.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        path = Path(config_path)
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except FileNotFoundError as e:
+            raise SettingsError(f"TESSERA_CONFIG: no such file {path}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise SettingsError(f"{path}: not valid TOML: {e}") from e
+        values["config"] = path
+    fields = Settings.model_fields
+    for name, field in fields.items():
+        key = ENV_PREFIX + name.upper()
+        if key in env and name != "config":
+            try:
+                values[name] = _env_value(name, env[key], field.annotation)
+            except json.JSONDecodeError as e:
+                raise SettingsError(f"{key}: not valid JSON: {e}") from e
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{loc} (TESSERA_{str(err['loc'][0]).upper() if err['loc'] else ''}): {err['msg']}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

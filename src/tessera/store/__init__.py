@@ -1,0 +1,1 @@
+"""Persistence: narrow protocols (``interfaces``) and the SQLAlchemy implementation (``sql``)."""

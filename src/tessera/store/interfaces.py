@@ -1,0 +1,50 @@
+"""Narrow storage contracts. A handler depends on the smallest one it needs.
+
+One contract test suite (``tests/test_store_contract.py``) runs every implementation against
+SQLite and a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tessera.audit import AuditEvent
+    from tessera.oauth.client_auth import AssertionUse
+    from tessera.oauth.clients import Client
+    from tessera.oauth.keys import KeyRecord
+    from tessera.oauth.tokens import IssuedToken
+
+__all__ = ["AssertionReplayed", "AuditSink", "ClientReader", "ClientWriter", "IssuanceRecorder", "KeySource"]
+
+
+class AssertionReplayed(Exception):
+    """The client assertion's jti was already used."""
+
+
+class ClientReader(Protocol):
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+
+class ClientWriter(Protocol):
+    async def create_client(self, client: Client, event: AuditEvent) -> None: ...
+
+    async def update_client(self, client: Client, event: AuditEvent) -> None: ...
+
+    async def delete_client(self, client_id: str, event: AuditEvent) -> bool: ...
+
+
+class IssuanceRecorder(Protocol):
+    async def record_issuance(self, token: IssuedToken, assertion: AssertionUse | None,
+                              event: AuditEvent) -> None:
+        """Atomically consume the assertion's jti (raise AssertionReplayed if it was used), store the
+        token record and append the audit event. Returns only once all of it is committed."""
+        ...
+
+
+class AuditSink(Protocol):
+    async def audit(self, event: AuditEvent) -> None: ...
+
+
+class KeySource(Protocol):
+    async def load_keys(self) -> list[KeyRecord]: ...

@@ -1,0 +1,1 @@
+"""The SQLAlchemy 2 implementation of the storage contracts (SQLite and PostgreSQL)."""

@@ -1,0 +1,187 @@
+"""Repository functions: plain values in and out, one SQL statement or a few, on a given connection.
+
+Transactions are the caller's (the group-commit writer, the CLI, the admin API).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from tessera.audit import AuditEvent, AuditRecord, seal
+from tessera.oauth.client_auth import AssertionUse
+from tessera.oauth.clients import Client
+from tessera.oauth.keys import KeyRecord, KeyState
+from tessera.oauth.tokens import IssuedToken
+from tessera.store.sql.tables import (
+    assertion_jtis,
+    audit_head,
+    audit_log,
+    clients,
+    issued_tokens,
+    signing_keys,
+)
+
+__all__ = [
+    "append_audit",
+    "audit_head_row",
+    "consume_assertion",
+    "delete_client",
+    "get_client",
+    "insert_client",
+    "insert_key",
+    "insert_token",
+    "iter_audit",
+    "list_clients",
+    "load_keys",
+    "lock_keys",
+    "purge_expired",
+    "update_client",
+    "update_key",
+]
+
+
+def _client(row: Any) -> Client:
+    return Client(client_id=row.client_id, metadata=dict(row.metadata), secret_hash=row.secret_hash,
+                  source=row.source, created_at=row.created_at, updated_at=row.updated_at,
+                  registration_token_hash=row.registration_token_hash)
+
+
+def get_client(conn: sa.Connection, client_id: str) -> Client | None:
+    row = conn.execute(sa.select(clients).where(clients.c.client_id == client_id)).first()
+    return _client(row) if row else None
+
+
+def list_clients(conn: sa.Connection, limit: int = 1000, after: str | None = None) -> list[Client]:
+    q = sa.select(clients).order_by(clients.c.client_id).limit(limit)
+    if after:
+        q = q.where(clients.c.client_id > after)
+    return [_client(r) for r in conn.execute(q)]
+
+
+def _client_values(c: Client) -> dict[str, Any]:
+    return {"metadata": c.metadata, "secret_hash": c.secret_hash, "registration_token_hash": c.registration_token_hash,
+            "source": c.source, "created_at": c.created_at, "updated_at": c.updated_at}
+
+
+def insert_client(conn: sa.Connection, c: Client) -> None:
+    conn.execute(sa.insert(clients).values(client_id=c.client_id, **_client_values(c)))
+
+
+def update_client(conn: sa.Connection, c: Client) -> bool:
+    res = conn.execute(sa.update(clients).where(clients.c.client_id == c.client_id).values(**_client_values(c)))
+    return res.rowcount == 1
+
+
+def delete_client(conn: sa.Connection, client_id: str) -> bool:
+    return conn.execute(sa.delete(clients).where(clients.c.client_id == client_id)).rowcount == 1
+
+
+def _key(row: Any) -> KeyRecord:
+    return KeyRecord(kid=row.kid, alg=row.alg, state=KeyState(row.state), public_jwk=dict(row.public_jwk),
+                     sealed_private=row.sealed_private, created_at=row.created_at,
+                     activated_at=row.activated_at, retired_at=row.retired_at, remove_after=row.remove_after,
+                     removed_at=row.removed_at)
+
+
+def load_keys(conn: sa.Connection) -> list[KeyRecord]:
+    return [_key(r) for r in conn.execute(sa.select(signing_keys).order_by(signing_keys.c.created_at))]
+
+
+def lock_keys(conn: sa.Connection) -> list[KeyRecord]:
+    """Load the keys with a row lock (PostgreSQL), for a lifecycle change made by one process at a time."""
+    q = sa.select(signing_keys).order_by(signing_keys.c.created_at)
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261173302)"))
+        q = q.with_for_update()
+    return [_key(r) for r in conn.execute(q)]
+
+
+def insert_key(conn: sa.Connection, k: KeyRecord) -> None:
+    conn.execute(sa.insert(signing_keys).values(
+        kid=k.kid, alg=k.alg, state=k.state.value, public_jwk=k.public_jwk, sealed_private=k.sealed_private,
+        created_at=k.created_at, activated_at=k.activated_at, retired_at=k.retired_at,
+        remove_after=k.remove_after, removed_at=k.removed_at))
+
+
+def update_key(conn: sa.Connection, k: KeyRecord) -> None:
+    conn.execute(sa.update(signing_keys).where(signing_keys.c.kid == k.kid).values(
+        state=k.state.value, sealed_private=k.sealed_private, activated_at=k.activated_at,
+        retired_at=k.retired_at, remove_after=k.remove_after, removed_at=k.removed_at))
+
+
+def consume_assertion(conn: sa.Connection, use: AssertionUse) -> bool:
+    """Record a client assertion's jti; False if it was recorded before (a replay)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(assertion_jtis).values(client_id=use.client_id, jti=use.jti, exp=use.exp)
+        return conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    stmt2 = sqlite_insert(assertion_jtis).values(client_id=use.client_id, jti=use.jti, exp=use.exp)
+    return conn.execute(stmt2.on_conflict_do_nothing()).rowcount == 1
+
+
+def insert_token(conn: sa.Connection, t: IssuedToken) -> None:
+    conn.execute(sa.insert(issued_tokens).values(
+        jti=t.jti, client_id=t.client_id, sub=t.sub, aud=t.aud, scope=t.scope, kid=t.kid,
+        grant_type=t.grant_type, iat=t.iat, exp=t.exp))
+
+
+def purge_expired(conn: sa.Connection, now: int, leeway: int) -> int:
+    """Forget used assertion jtis once the assertion could no longer be accepted anyway."""
+    return conn.execute(sa.delete(assertion_jtis).where(assertion_jtis.c.exp < now - leeway - 1)).rowcount
+
+
+def audit_head_row(conn: sa.Connection, lock: bool = False) -> tuple[int, str]:
+    q = sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+    if lock and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).one()
+    return int(row.seq), str(row.hash)
+
+
+def append_audit(conn: sa.Connection, events: list[AuditEvent], ts: int) -> list[AuditRecord]:
+    """Append events to the chain inside the caller's transaction, holding the head lock until commit."""
+    if not events:
+        return []
+    seq, prev = audit_head_row(conn, lock=True)
+    records = []
+    for ev in events:
+        seq += 1
+        rec = seal(ev, seq, ts, prev)
+        records.append(rec)
+        prev = rec.hash
+    conn.execute(sa.insert(audit_log), [
+        {"seq": r.seq, "ts": r.ts, "event": r.event, "actor": r.actor, "subject": r.subject,
+         "data": json.dumps(r.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+         "prev": r.prev, "hash": r.hash} for r in records])
+    conn.execute(sa.update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+    return records
+
+
+def _record(row: Any) -> AuditRecord:
+    return AuditRecord(seq=int(row.seq), ts=int(row.ts), event=row.event, actor=row.actor, subject=row.subject,
+                       data=json.loads(row.data), prev=row.prev, hash=row.hash)
+
+
+def iter_audit(conn: sa.Connection, after: int = 0, limit: int | None = None,
+               batch: int = 5000) -> Iterator[AuditRecord]:
+    """Records in seq order, fetched in batches (constant memory for `audit verify` and `export`)."""
+    seen = 0
+    while True:
+        n = batch if limit is None else min(batch, limit - seen)
+        if n <= 0:
+            return
+        rows = conn.execute(sa.select(audit_log).where(audit_log.c.seq > after)
+                            .order_by(audit_log.c.seq).limit(n)).all()
+        if not rows:
+            return
+        for row in rows:
+            yield _record(row)
+        seen += len(rows)
+        after = int(rows[-1].seq)

@@ -1,0 +1,77 @@
+"""Table definitions (SQLAlchemy Core). The schema itself is owned by the Alembic migrations in
+``tessera/store/migrations``; a test checks that the two agree."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["assertion_jtis", "audit_head", "audit_log", "clients", "issued_tokens", "metadata", "signing_keys"]
+
+metadata = sa.MetaData()
+
+clients = sa.Table(
+    "clients", metadata,
+    sa.Column("client_id", sa.String(256), primary_key=True),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("secret_hash", sa.String(128)),
+    sa.Column("registration_token_hash", sa.String(128)),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+signing_keys = sa.Table(
+    "signing_keys", metadata,
+    sa.Column("kid", sa.String(128), primary_key=True),
+    sa.Column("alg", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("public_jwk", sa.JSON, nullable=False),
+    sa.Column("sealed_private", sa.LargeBinary),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("activated_at", sa.BigInteger),
+    sa.Column("retired_at", sa.BigInteger),
+    sa.Column("remove_after", sa.BigInteger),
+    sa.Column("removed_at", sa.BigInteger),
+)
+
+issued_tokens = sa.Table(
+    "issued_tokens", metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(256), nullable=False, index=True),
+    sa.Column("sub", sa.String(256), nullable=False, index=True),
+    sa.Column("aud", sa.JSON, nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("kid", sa.String(128), nullable=False),
+    sa.Column("grant_type", sa.String(128), nullable=False),
+    sa.Column("iat", sa.BigInteger, nullable=False),
+    sa.Column("exp", sa.BigInteger, nullable=False, index=True),
+    sa.Column("revoked_at", sa.BigInteger),
+)
+
+assertion_jtis = sa.Table(
+    "assertion_jtis", metadata,
+    sa.Column("client_id", sa.String(256), primary_key=True),
+    sa.Column("jti", sa.String(256), primary_key=True),
+    sa.Column("exp", sa.BigInteger, nullable=False, index=True),
+)
+
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("event", sa.String(64), nullable=False, index=True),
+    sa.Column("actor", sa.String(256)),
+    sa.Column("subject", sa.String(256)),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# One row: the chain head. Writers lock it (FOR UPDATE on PostgreSQL; SQLite's write lock) so that
+# records from several processes form one chain.
+audit_head = sa.Table(
+    "audit_head", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
