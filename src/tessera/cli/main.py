@@ -105,10 +105,14 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
 
 @main.command("config")
-def show_config() -> None:
+@click.option("--reference", is_flag=True, help="Print the configuration reference (Markdown) instead.")
+def show_config(reference: bool) -> None:
     """Print the effective configuration (secrets masked)."""
-    from tessera.settings import load_settings
+    from tessera.settings import load_settings, reference_markdown
 
+    if reference:
+        click.echo(reference_markdown(), nl=False)
+        return
     _echo_json(load_settings().masked())
 
 

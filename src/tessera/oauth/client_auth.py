@@ -121,17 +121,17 @@ class ClientAuthenticator:
             client = await self._known(client_id, method)
             return self._check_secret(client, secret, method)
         if method == "client_secret_post":
-            client_id = form.get("client_id")
-            if not client_id:
+            post_id = form.get("client_id")
+            if not post_id:
                 raise InvalidRequest("client_secret_post requires client_id")
-            client = await self._known(client_id, method)
+            client = await self._known(post_id, method)
             return self._check_secret(client, form["client_secret"], method)
         if method == "private_key_jwt":
             return await self._assertion(form)
-        client_id = form.get("client_id")
-        if not client_id:
+        public_id = form.get("client_id")
+        if not public_id:
             raise InvalidClient("client authentication is required")
-        client = await self._known(client_id, method)
+        client = await self._known(public_id, method)
         return AuthenticatedClient(client, "none")
 
     @staticmethod
@@ -246,7 +246,7 @@ class ClientAuthenticator:
             raise InvalidClient("client_assertion aud must be this issuer or its token endpoint", client_id=cid)
         # RFC 7523 §3 (4): exp MUST be present and the JWT MUST be rejected once expired.
         exp = claims.get("exp")
-        if not _is_num(exp):
+        if exp is None or not _is_num(exp):
             raise InvalidClient("client_assertion has no numeric exp", client_id=cid)
         if exp <= now - self._leeway:
             raise InvalidClient("client_assertion has expired", client_id=cid)

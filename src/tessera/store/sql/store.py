@@ -82,7 +82,11 @@ class SqlStore:
         self._cache.pop(client_id, None)
 
     async def create_client(self, client: Client, event: AuditEvent) -> None:
-        await self.writer.submit(lambda c: (repo.insert_client(c, client), [event]))
+        def work(c: sa.Connection) -> tuple[None, list[AuditEvent]]:
+            repo.insert_client(c, client)
+            return None, [event]
+
+        await self.writer.submit(work)
         self.forget_client(client.client_id)
 
     async def update_client(self, client: Client, event: AuditEvent) -> None:
