@@ -54,9 +54,20 @@ def _load_kek(settings: Settings, store: SqlStore) -> KEK:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(KEK.generate_text() + "\n")
-    log.warning("created a key-encryption key at %s; in production, set TESSERA_KEK from a secret store "
-                "instead of keeping it beside the database", path)
+    log.warning(
+        "created a key-encryption key at %s; in production, set TESSERA_KEK from a secret store "
+        "instead of keeping it beside the database",
+        path,
+    )
     return KEK.from_text(path.read_text())
+
+
+def _check_kek(kek: KEK, store: SqlStore) -> None:
+    """Refuse a KEK that does not open the stored keys, before anything is sealed under it."""
+    for rec in store.read(repo.load_keys):
+        if rec.sealed_private is not None:
+            kek.open(rec.sealed_private, rec.kid.encode())
+            return
 
 
 def _declared_client(raw: dict[str, Any], settings: Settings, now: int) -> Client:
@@ -64,9 +75,10 @@ def _declared_client(raw: dict[str, Any], settings: Settings, now: int) -> Clien
         raise SettingsError("clients: every declared client needs a client_id")
     cid = raw["client_id"]
     try:
-        md = validate_metadata({k: v for k, v in raw.items()
-                                if k not in ("client_id", "client_secret", "client_secret_sha256")},
-                               client_policy(settings))
+        md = validate_metadata(
+            {k: v for k, v in raw.items() if k not in ("client_id", "client_secret", "client_secret_sha256")},
+            client_policy(settings),
+        )
     except OAuthError as e:
         raise SettingsError(f"clients.{cid}: {e.description}") from None
     secret_hash = None
@@ -79,8 +91,7 @@ def _declared_client(raw: dict[str, Any], settings: Settings, now: int) -> Clien
             secret_hash = hash_secret(str(raw["client_secret"]))
         else:
             raise SettingsError(f"clients.{cid}: a secret method needs client_secret or client_secret_sha256")
-    return Client(client_id=cid, metadata=md, secret_hash=secret_hash, source="config", created_at=now,
-                  updated_at=now)
+    return Client(client_id=cid, metadata=md, secret_hash=secret_hash, source="config", created_at=now, updated_at=now)
 
 
 def sync_declared_clients(settings: Settings, store: SqlStore) -> None:
@@ -93,12 +104,16 @@ def sync_declared_clients(settings: Settings, store: SqlStore) -> None:
             have = existing.get(cid)
             if have is None:
                 repo.insert_client(conn, want)
-                events.append(AuditEvent("client.declared", actor="config", subject=cid, data={"metadata": want.metadata}))
+                events.append(
+                    AuditEvent("client.declared", actor="config", subject=cid, data={"metadata": want.metadata})
+                )
             elif have.source != "config":
                 raise SettingsError(f"clients.{cid}: a client with this id was registered by other means")
             elif (have.metadata, have.secret_hash) != (want.metadata, want.secret_hash):
                 repo.update_client(conn, Client(cid, want.metadata, want.secret_hash, "config", have.created_at, now))
-                events.append(AuditEvent("client.updated", actor="config", subject=cid, data={"metadata": want.metadata}))
+                events.append(
+                    AuditEvent("client.updated", actor="config", subject=cid, data={"metadata": want.metadata})
+                )
         for cid, have in existing.items():
             if have.source == "config" and cid not in declared:
                 repo.delete_client(conn, cid)
@@ -106,8 +121,9 @@ def sync_declared_clients(settings: Settings, store: SqlStore) -> None:
         repo.append_audit(conn, events, store.now_ms())
 
 
-def open_runtime(settings: Settings, clock: Clock | None = None, *, migrate: bool = True,
-                 bootstrap: bool = True) -> Runtime:
+def open_runtime(
+    settings: Settings, clock: Clock | None = None, *, migrate: bool = True, bootstrap: bool = True
+) -> Runtime:
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.database_url, clock, client_cache_ttl=settings.client_cache_ttl)
@@ -115,6 +131,7 @@ def open_runtime(settings: Settings, clock: Clock | None = None, *, migrate: boo
         if migrate:
             store.migrate()
         kek = _load_kek(settings, store)
+        _check_kek(kek, store)
         if bootstrap:
             store.bootstrap_keys(settings.signing_algs, kek)
             sync_declared_clients(settings, store)

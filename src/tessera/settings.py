@@ -47,41 +47,81 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     config: Path | None = Field(None, description="Path of the TOML configuration file.")
-    issuer: str = Field("", description="Public issuer identifier (URL). Default: http://HOST:PORT. "
-                        "http:// is accepted only for loopback hosts, with a warning.")
-    data_dir: Path = Field(Path("tessera-data"), description="Directory for the SQLite database and key "
-                           "material created on first start.")
-    database_url: str = Field("", description="sqlite:///PATH or postgresql://USER:PASS@HOST/DB. "
-                              "Default: the SQLite file DATA_DIR/tessera.db.")
+    issuer: str = Field(
+        "",
+        description="Public issuer identifier (URL). Default: http://HOST:PORT. "
+        "http:// is accepted only for loopback hosts, with a warning.",
+    )
+    data_dir: Path = Field(
+        Path("tessera-data"), description="Directory for the SQLite database and key material created on first start."
+    )
+    database_url: str = Field(
+        "",
+        description="sqlite:///PATH or postgresql://USER:PASS@HOST/DB. Default: the SQLite file DATA_DIR/tessera.db.",
+    )
     host: str = Field("127.0.0.1", description="Address `tessera serve` listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port `tessera serve` listens on.")
     workers: int = Field(1, ge=1, le=64, description="Server processes started by `tessera serve`.")
-    kek: str | None = Field(None, description="Key-encryption key: 32 random bytes, base64url. Encrypts "
-                            "private signing keys at rest. Without it, a KEK file is created in DATA_DIR "
-                            "on first start (with a warning).", repr=False)
-    admin_token: str | None = Field(None, description="Bearer token for the admin API. The admin API is "
-                                    "disabled while this is unset.", repr=False)
-    registration_token: str | None = Field(None, description="RFC 7591 initial access token. Dynamic client "
-                                           "registration is disabled while this is unset.", repr=False)
-    signing_algs: list[str] = Field(["ES256"], description="Algorithms with a signing key lifecycle each; the first "
-                                    "signs access tokens. Any of ES256, RS256, EdDSA.")
-    access_token_lifetime: int = Field(900, ge=10, le=86400, description="Default and maximum access token "
-                                       "lifetime in seconds; a client's own cap may only lower it.")
-    default_audience: str | None = Field(None, description="Audience of tokens requested without `resource` by "
-                                         "a client that has no default_resource. Default: the issuer.")
-    assertion_max_lifetime: int = Field(300, ge=10, le=3600, description="Longest accepted lifetime "
-                                        "(exp - now) of a private_key_jwt client assertion, in seconds.")
+    kek: str | None = Field(
+        None,
+        description="Key-encryption key: 32 random bytes, base64url. Encrypts "
+        "private signing keys at rest. Without it, a KEK file is created in DATA_DIR "
+        "on first start (with a warning).",
+        repr=False,
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token for the admin API. The admin API is disabled while this is unset.", repr=False
+    )
+    registration_token: str | None = Field(
+        None,
+        description="RFC 7591 initial access token. Dynamic client registration is disabled while this is unset.",
+        repr=False,
+    )
+    signing_algs: list[str] = Field(
+        ["ES256"],
+        description="Algorithms with a signing key lifecycle each; the first "
+        "signs access tokens. Any of ES256, RS256, EdDSA.",
+    )
+    access_token_lifetime: int = Field(
+        900,
+        ge=10,
+        le=86400,
+        description="Default and maximum access token lifetime in seconds; a client's own cap may only lower it.",
+    )
+    default_audience: str | None = Field(
+        None,
+        description="Audience of tokens requested without `resource` by "
+        "a client that has no default_resource. Default: the issuer.",
+    )
+    assertion_max_lifetime: int = Field(
+        300,
+        ge=10,
+        le=3600,
+        description="Longest accepted lifetime (exp - now) of a private_key_jwt client assertion, in seconds.",
+    )
     leeway: int = Field(30, ge=0, le=300, description="Clock skew tolerated on every time check, in seconds.")
-    key_refresh_interval: float = Field(5.0, gt=0, le=300, description="How often a server process reloads "
-                                        "signing keys from the database (rotation by another process).")
+    key_refresh_interval: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often a server process reloads signing keys from the database (rotation by another process).",
+    )
     jwks_max_age: int = Field(300, ge=0, le=86400, description="Cache-Control max-age of the JWKS response.")
-    client_cache_ttl: float = Field(1.0, ge=0, le=60, description="How long a process caches a client's "
-                                    "registration; a change made by another process is seen within this time.")
+    client_cache_ttl: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="How long a process caches a client's "
+        "registration; a change made by another process is seen within this time.",
+    )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")
-    clients: list[dict[str, Any]] = Field(default_factory=list, description="Clients declared in the config "
-                                          "file (RFC 7591 metadata plus client_id and, for secret methods, "
-                                          "client_secret_sha256 or client_secret). Synced on start.")
+    clients: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Clients declared in the config "
+        "file (RFC 7591 metadata plus client_id and, for secret methods, "
+        "client_secret_sha256 or client_secret). Synced on start.",
+    )
 
     @field_validator("signing_algs")
     @classmethod

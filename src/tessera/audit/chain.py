@@ -21,8 +21,7 @@ GENESIS = "0" * 64
 
 
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,15 @@ class AuditRecord:
     hash: str
 
     def body(self) -> dict[str, Any]:
-        return {"seq": self.seq, "ts": self.ts, "event": self.event, "actor": self.actor,
-                "subject": self.subject, "data": self.data, "prev": self.prev}
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "event": self.event,
+            "actor": self.actor,
+            "subject": self.subject,
+            "data": self.data,
+            "prev": self.prev,
+        }
 
     def as_json(self) -> dict[str, Any]:
         return {**self.body(), "hash": self.hash}
@@ -59,8 +65,15 @@ def _digest(body: dict[str, Any]) -> str:
 
 
 def seal(event: AuditEvent, seq: int, ts: int, prev: str) -> AuditRecord:
-    body = {"seq": seq, "ts": ts, "event": event.event, "actor": event.actor, "subject": event.subject,
-            "data": event.data, "prev": prev}
+    body = {
+        "seq": seq,
+        "ts": ts,
+        "event": event.event,
+        "actor": event.actor,
+        "subject": event.subject,
+        "data": event.data,
+        "prev": prev,
+    }
     return AuditRecord(seq, ts, event.event, event.actor, event.subject, event.data, prev, _digest(body))
 
 
@@ -73,8 +86,13 @@ class ChainReport:
     reason: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "head": self.head,
-                "first_bad_seq": self.first_bad_seq, "reason": self.reason}
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "head": self.head,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+        }
 
 
 def verify_chain(records: Iterable[AuditRecord], expected_head: tuple[int, str] | None = None) -> ChainReport:

@@ -99,9 +99,17 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             os.environ["TESSERA_" + name] = str(value)  # worker processes read the same settings
     settings = load_settings()
     _runtime().close()  # migrate, bootstrap keys and sync declared clients once, before any worker starts
-    uvicorn.run("tessera.http.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level,
-                access_log=settings.log_level == "debug", server_header=False, date_header=True)
+    uvicorn.run(
+        "tessera.http.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        server_header=False,
+        date_header=True,
+    )
 
 
 @main.command("config")
@@ -145,8 +153,12 @@ def clients() -> None:
 
 @clients.command("add")
 @click.option("--client-id", help="Choose the client_id (default: random).")
-@click.option("--auth-method", default="private_key_jwt", show_default=True,
-              type=click.Choice(["private_key_jwt", "client_secret_basic", "client_secret_post"]))
+@click.option(
+    "--auth-method",
+    default="private_key_jwt",
+    show_default=True,
+    type=click.Choice(["private_key_jwt", "client_secret_basic", "client_secret_post"]),
+)
 @click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False), help="Public JWK Set (private_key_jwt).")
 @click.option("--jwks-uri", help="URL of the client's public JWK Set (private_key_jwt).")
 @click.option("--scope", default="", help="Space-separated scopes the client may request.")
@@ -155,9 +167,18 @@ def clients() -> None:
 @click.option("--lifetime", type=int, help="The client's cap on access token lifetime, seconds.")
 @click.option("--name", help="client_name")
 @click.option("--metadata", "metadata_json", help="Further RFC 7591 metadata as a JSON object.")
-def clients_add(client_id: str | None, auth_method: str, jwks_file: str | None, jwks_uri: str | None, scope: str,
-                resources: tuple[str, ...], default_resource: str | None, lifetime: int | None, name: str | None,
-                metadata_json: str | None) -> None:
+def clients_add(
+    client_id: str | None,
+    auth_method: str,
+    jwks_file: str | None,
+    jwks_uri: str | None,
+    scope: str,
+    resources: tuple[str, ...],
+    default_resource: str | None,
+    lifetime: int | None,
+    name: str | None,
+    metadata_json: str | None,
+) -> None:
     """Add a client. A client secret, if any, is printed once and stored only as a hash."""
     from tessera.audit import AuditEvent
     from tessera.oauth.clients import new_client
@@ -182,12 +203,15 @@ def clients_add(client_id: str | None, auth_method: str, jwks_file: str | None, 
         md["client_name"] = name
     rt = _runtime()
     try:
-        client, secret = new_client(md, client_policy(rt.settings), int(rt.clock.now()), source="cli",
-                                    client_id=client_id)
+        client, secret = new_client(
+            md, client_policy(rt.settings), int(rt.clock.now()), source="cli", client_id=client_id
+        )
         if rt.store.read(lambda c: repo.get_client(c, client.client_id)):
             _fail(f"client {client.client_id} exists")
-        rt.store.write(lambda c: repo.insert_client(c, client), [AuditEvent(
-            "client.created", actor="cli", subject=client.client_id, data={"metadata": client.metadata})])
+        rt.store.write(
+            lambda c: repo.insert_client(c, client),
+            [AuditEvent("client.created", actor="cli", subject=client.client_id, data={"metadata": client.metadata})],
+        )
         out = client.public_view()
         if secret:
             out["client_secret"] = secret
@@ -234,8 +258,10 @@ def clients_remove(client_id: str) -> None:
 
     rt = _runtime()
     try:
-        gone = rt.store.write(lambda c: repo.delete_client(c, client_id),
-                              [AuditEvent("client.deleted", actor="cli", subject=client_id, data={"via": "cli"})])
+        gone = rt.store.write(
+            lambda c: repo.delete_client(c, client_id),
+            [AuditEvent("client.deleted", actor="cli", subject=client_id, data={"via": "cli"})],
+        )
         if not gone:
             _fail(f"no client {client_id}")
         click.echo(f"removed {client_id}")
@@ -260,8 +286,10 @@ def clients_rotate_secret(client_id: str) -> None:
             _fail(f"no client {client_id} with a secret")
         secret = generate_secret()
         updated = replace(c, secret_hash=hash_secret(secret), updated_at=int(rt.clock.now()))
-        rt.store.write(lambda conn: repo.update_client(conn, updated),
-                       [AuditEvent("client.secret_rotated", actor="cli", subject=client_id)])
+        rt.store.write(
+            lambda conn: repo.update_client(conn, updated),
+            [AuditEvent("client.secret_rotated", actor="cli", subject=client_id)],
+        )
         _echo_json({"client_id": client_id, "client_secret": secret})
     finally:
         rt.close()
@@ -301,8 +329,14 @@ def keys_rotate(alg: str | None) -> None:
         alg = alg or s.signing_algs[0]
         if alg not in s.signing_algs:
             _fail(f"--alg must be one of {s.signing_algs}", 2)
-        plan = rt.store.rotate_keys(alg, rt.kek, max_token_lifetime=s.access_token_lifetime,
-                                    refresh_interval=s.key_refresh_interval, leeway=s.leeway, actor="cli")
+        plan = rt.store.rotate_keys(
+            alg,
+            rt.kek,
+            max_token_lifetime=s.access_token_lifetime,
+            refresh_interval=s.key_refresh_interval,
+            leeway=s.leeway,
+            actor="cli",
+        )
         for event, data in plan.events:
             click.echo(json.dumps({"event": event, **data}))
     finally:
@@ -326,8 +360,11 @@ def audit_verify() -> None:
     if report.ok:
         click.echo(f"audit chain ok: {report.checked} records, head {report.head}")
     else:
-        click.echo(f"audit chain BROKEN at record {report.first_bad_seq}: {report.reason} "
-                   f"({report.checked} records verified before it)", err=True)
+        click.echo(
+            f"audit chain BROKEN at record {report.first_bad_seq}: {report.reason} "
+            f"({report.checked} records verified before it)",
+            err=True,
+        )
         sys.exit(1)
 
 

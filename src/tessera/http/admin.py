@@ -28,8 +28,14 @@ __all__ = ["admin_app"]
 
 def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
     settings, store = runtime.settings, runtime.store
-    app = FastAPI(title="Tessera admin API", version="1", openapi_url="/openapi.json", docs_url=None,
-                  redoc_url=None, description="Clients, signing keys and the audit log. Bearer admin token.")
+    app = FastAPI(
+        title="Tessera admin API",
+        version="1",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        description="Clients, signing keys and the audit log. Bearer admin token.",
+    )
 
     def admin(request: Request) -> str:
         if not settings.admin_token:
@@ -37,22 +43,29 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
         authz = request.headers.get("authorization", "")
         token = authz[7:].strip() if authz[:7].lower() == "bearer " else ""
         if not token or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-            raise HTTPException(401, "a valid admin bearer token is required",
-                                headers={"WWW-Authenticate": 'Bearer realm="tessera-admin"'})
+            raise HTTPException(
+                401,
+                "a valid admin bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="tessera-admin"'},
+            )
         return "admin"
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         codes = {401: "invalid_token", 403: "access_denied", 404: "not_found", 409: "conflict"}
-        return JSONResponse({"error": codes.get(exc.status_code, "invalid_request"), "error_description": exc.detail},
-                            exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            {"error": codes.get(exc.status_code, "invalid_request"), "error_description": exc.detail},
+            exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", []))
-        return JSONResponse({"error": "invalid_request",
-                             "error_description": f"{where}: {first.get('msg', 'invalid request')}"}, 400)
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": f"{where}: {first.get('msg', 'invalid request')}"}, 400
+        )
 
     @app.exception_handler(OAuthError)
     async def _oauth(_: Request, exc: OAuthError) -> JSONResponse:
@@ -68,18 +81,26 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
         return {**client.public_view(), "source": client.source, "updated_at": client.updated_at}
 
     @app.get("/clients", summary="List clients")
-    def list_clients(_: str = Depends(admin), after: str | None = None,
-                     limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    def list_clients(
+        _: str = Depends(admin), after: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    ) -> list[dict[str, Any]]:
         return [_view(c) for c in store.read(lambda conn: repo.list_clients(conn, limit, after))]
 
     @app.post("/clients", status_code=201, summary="Create a client (RFC 7591 metadata; secret shown once)")
     def create_client(metadata: dict[str, Any] = Body(...), actor: str = Depends(admin)) -> dict[str, Any]:
         cid = metadata.pop("client_id", None)
-        client, secret = new_client(metadata, client_policy(settings), int(runtime.clock.now()), source="admin",
-                                    client_id=cid)
+        client, secret = new_client(
+            metadata, client_policy(settings), int(runtime.clock.now()), source="admin", client_id=cid
+        )
         try:
-            store.write(lambda c: repo.insert_client(c, client), [AuditEvent(
-                "client.created", actor=actor, subject=client.client_id, data={"metadata": client.metadata})])
+            store.write(
+                lambda c: repo.insert_client(c, client),
+                [
+                    AuditEvent(
+                        "client.created", actor=actor, subject=client.client_id, data={"metadata": client.metadata}
+                    )
+                ],
+            )
         except sa.exc.IntegrityError:
             raise HTTPException(409, "a client with this client_id exists") from None
         out = _view(client)
@@ -92,8 +113,9 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
         return _view(_get(client_id))
 
     @app.put("/clients/{client_id}", summary="Replace a client's metadata")
-    def update_client(client_id: str, metadata: dict[str, Any] = Body(...),
-                      actor: str = Depends(admin)) -> dict[str, Any]:
+    def update_client(
+        client_id: str, metadata: dict[str, Any] = Body(...), actor: str = Depends(admin)
+    ) -> dict[str, Any]:
         client = _get(client_id)
         metadata.pop("client_id", None)
         md = validate_metadata(metadata, client_policy(settings))
@@ -106,8 +128,10 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
         else:
             secret_hash = None
         updated = replace(client, metadata=md, secret_hash=secret_hash, updated_at=int(runtime.clock.now()))
-        store.write(lambda c: repo.update_client(c, updated), [AuditEvent(
-            "client.updated", actor=actor, subject=client_id, data={"metadata": md, "via": "admin"})])
+        store.write(
+            lambda c: repo.update_client(c, updated),
+            [AuditEvent("client.updated", actor=actor, subject=client_id, data={"metadata": md, "via": "admin"})],
+        )
         store.forget_client(client_id)
         out = _view(updated)
         if secret:
@@ -117,8 +141,10 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
     @app.delete("/clients/{client_id}", status_code=204, summary="Delete a client")
     def delete_client(client_id: str, actor: str = Depends(admin)) -> Response:
         _get(client_id)
-        store.write(lambda c: repo.delete_client(c, client_id),
-                    [AuditEvent("client.deleted", actor=actor, subject=client_id, data={"via": "admin"})])
+        store.write(
+            lambda c: repo.delete_client(c, client_id),
+            [AuditEvent("client.deleted", actor=actor, subject=client_id, data={"via": "admin"})],
+        )
         store.forget_client(client_id)
         return Response(status_code=204)
 
@@ -129,8 +155,10 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
             raise HTTPException(400, "this client does not authenticate with a secret")
         secret = generate_secret()
         updated = replace(client, secret_hash=hash_secret(secret), updated_at=int(runtime.clock.now()))
-        store.write(lambda c: repo.update_client(c, updated),
-                    [AuditEvent("client.secret_rotated", actor=actor, subject=client_id)])
+        store.write(
+            lambda c: repo.update_client(c, updated),
+            [AuditEvent("client.secret_rotated", actor=actor, subject=client_id)],
+        )
         store.forget_client(client_id)
         return {"client_id": client_id, "client_secret": secret}
 
@@ -146,14 +174,21 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
         import asyncio
 
         plan = await asyncio.to_thread(
-            store.rotate_keys, alg, runtime.kek, max_token_lifetime=settings.access_token_lifetime,
-            refresh_interval=settings.key_refresh_interval, leeway=settings.leeway, actor=actor)
+            store.rotate_keys,
+            alg,
+            runtime.kek,
+            max_token_lifetime=settings.access_token_lifetime,
+            refresh_interval=settings.key_refresh_interval,
+            leeway=settings.leeway,
+            actor=actor,
+        )
         await keys.reload()
         return {"events": [{"event": e, **d} for e, d in plan.events]}
 
     @app.get("/audit", summary="Audit records in chain order")
-    def audit(_: str = Depends(admin), after: int = Query(0, ge=0),
-              limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    def audit(
+        _: str = Depends(admin), after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    ) -> list[dict[str, Any]]:
         return store.read(lambda c: [r.as_json() for r in repo.iter_audit(c, after=after, limit=limit)])
 
     @app.get("/audit/verify", summary="Verify the audit hash chain")

@@ -29,6 +29,7 @@ from tessera.runtime import Runtime, client_policy, open_runtime
 from tessera.settings import load_settings
 
 from .body import read_body, read_json
+from .fastpath import TokenFastPath
 from .responses import NO_STORE, json_response, oauth_error
 
 __all__ = ["KeyService", "build_app", "create_app"]
@@ -98,25 +99,49 @@ def _handler(fn: Callable[[Request], Awaitable[Response]], realm: str) -> Callab
     return wrapped
 
 
-def build_app(runtime: Runtime) -> Starlette:
+def build_app(runtime: Runtime) -> Any:
     settings, store, clock = runtime.settings, runtime.store, runtime.clock
     issuer = settings.issuer
     keys = KeyService(runtime)
     fetch_jwks = JwksFetcher(clock)
     authenticator = ClientAuthenticator(
-        issuer=issuer, token_endpoint=issuer + "/oauth/token", lookup=store.get_client, fetch_jwks=fetch_jwks,
-        now=clock.now, assertion_max_lifetime=settings.assertion_max_lifetime, leeway=settings.leeway)
+        issuer=issuer,
+        token_endpoint=issuer + "/oauth/token",
+        lookup=store.get_client,
+        fetch_jwks=fetch_jwks,
+        now=clock.now,
+        assertion_max_lifetime=settings.assertion_max_lifetime,
+        leeway=settings.leeway,
+    )
     grants = [
-        ClientCredentialsGrant(issuer=issuer, keys=keys.current, signing_alg=settings.signing_algs[0],
-                               recorder=store, now=clock.now, max_lifetime=settings.access_token_lifetime,
-                               default_audience=settings.audience_default),
+        ClientCredentialsGrant(
+            issuer=issuer,
+            keys=keys.current,
+            signing_alg=settings.signing_algs[0],
+            recorder=store,
+            now=clock.now,
+            max_lifetime=settings.access_token_lifetime,
+            default_audience=settings.audience_default,
+        ),
     ]
     token_endpoint = TokenEndpoint(grants, authenticator, store)
-    registration = RegistrationEndpoint(issuer=issuer, initial_access_token=settings.registration_token,
-                                        policy=client_policy(settings), reader=store, writer=store, now=clock.now)
-    discovery = json.dumps(metadata(issuer=issuer, grant_types=token_endpoint.grant_types,
-                                    signing_algs=settings.signing_algs, registration=registration.enabled),
-                           separators=(",", ":")).encode()
+    registration = RegistrationEndpoint(
+        issuer=issuer,
+        initial_access_token=settings.registration_token,
+        policy=client_policy(settings),
+        reader=store,
+        writer=store,
+        now=clock.now,
+    )
+    discovery = json.dumps(
+        metadata(
+            issuer=issuer,
+            grant_types=token_endpoint.grant_types,
+            signing_algs=settings.signing_algs,
+            registration=registration.enabled,
+        ),
+        separators=(",", ":"),
+    ).encode()
     realm = issuer
 
     async def token(request: Request) -> Response:
@@ -132,13 +157,17 @@ def build_app(runtime: Runtime) -> Starlette:
         return Response(discovery, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
 
     async def jwks(request: Request) -> Response:
-        return Response(keys.jwks_body, media_type="application/jwk-set+json",
-                        headers={"Cache-Control": f"public, max-age={settings.jwks_max_age}"})
+        return Response(
+            keys.jwks_body,
+            media_type="application/jwk-set+json",
+            headers={"Cache-Control": f"public, max-age={settings.jwks_max_age}"},
+        )
 
     async def register(request: Request) -> Response:
         if not registration.enabled:
-            return json_response({"error": "access_denied", "error_description": "dynamic registration is disabled"},
-                                 403, NO_STORE)
+            return json_response(
+                {"error": "access_denied", "error_description": "dynamic registration is disabled"}, 403, NO_STORE
+            )
         authz = request.headers.get("authorization")
         registration.check_initial_token(authz)  # before reading the body: nothing parsed for strangers
         body = await read_json(request, settings.max_body_bytes)
@@ -201,7 +230,9 @@ def build_app(runtime: Runtime) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.keys = keys
-    return app
+    return TokenFastPath(
+        app, path=prefix + "/oauth/token", endpoint=token_endpoint, max_body=settings.max_body_bytes, realm=realm
+    )
 
 
 def _path_prefix(issuer: str) -> str:
@@ -210,7 +241,7 @@ def _path_prefix(issuer: str) -> str:
     return urlsplit(issuer).path.rstrip("/")
 
 
-def create_app() -> Starlette:
+def create_app() -> Any:
     """Factory for uvicorn (also used by each worker process): configuration from the environment."""
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -15,8 +15,9 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        json.dumps(body, separators=(",", ":")), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 def oauth_error(error: OAuthError, realm: str) -> Response:

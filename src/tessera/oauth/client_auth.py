@@ -38,8 +38,11 @@ __all__ = [
 
 JWT_BEARER_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_BYTES = 8192
-_ALGS_FOR_KTY = {"EC": {"ES256", "ES384", "ES512"}, "RSA": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
-                 "OKP": {"EdDSA", "Ed25519"}}
+_ALGS_FOR_KTY = {
+    "EC": {"ES256", "ES384", "ES512"},
+    "RSA": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
+    "OKP": {"EdDSA", "Ed25519"},
+}
 
 
 def import_jwks(jwks: Mapping[str, Any]) -> KeySet:
@@ -105,11 +108,15 @@ class ClientAuthenticator:
     async def authenticate(self, headers: Mapping[str, str], form: Mapping[str, str]) -> AuthenticatedClient:
         authz = headers.get("authorization")
         basic = authz is not None and authz[:6].lower() == "basic "
-        used = [name for name, present in (
-            ("client_secret_basic", basic),
-            ("client_secret_post", "client_secret" in form),
-            ("private_key_jwt", "client_assertion" in form or "client_assertion_type" in form),
-        ) if present]
+        used = [
+            name
+            for name, present in (
+                ("client_secret_basic", basic),
+                ("client_secret_post", "client_secret" in form),
+                ("private_key_jwt", "client_assertion" in form or "client_assertion_type" in form),
+            )
+            if present
+        ]
         if len(used) > 1:
             raise InvalidRequest("more than one client authentication method was used (RFC 6749 §2.3)")
         method = used[0] if used else "none"
@@ -152,8 +159,7 @@ class ClientAuthenticator:
         if client is None:
             raise InvalidClient("unknown client or bad credentials")
         if client.auth_method != method:
-            raise InvalidClient(f"this client must authenticate with {client.auth_method}",
-                                client_id=client.client_id)
+            raise InvalidClient(f"this client must authenticate with {client.auth_method}", client_id=client.client_id)
         return client
 
     @staticmethod
@@ -182,16 +188,20 @@ class ClientAuthenticator:
             raise InvalidClient("client_id does not match the assertion's sub")
         client = await self._known(sub, "private_key_jwt")
         alg = header.get("alg")
-        allowed = {client.metadata["token_endpoint_auth_signing_alg"]} if client.metadata.get(
-            "token_endpoint_auth_signing_alg") else set(ASSERTION_ALGS) | {"Ed25519"}
+        allowed = (
+            {client.metadata["token_endpoint_auth_signing_alg"]}
+            if client.metadata.get("token_endpoint_auth_signing_alg")
+            else set(ASSERTION_ALGS) | {"Ed25519"}
+        )
         if not isinstance(alg, str) or alg not in allowed:
             raise InvalidClient(f"client_assertion alg {str(alg)[:20]!r} is not accepted", client_id=sub)
         if "crit" in header:
             raise InvalidClient("client_assertion uses critical header parameters", client_id=sub)
         claims = await self._verify_signature(client, value, header, alg)
         self._check_claims(client, claims)
-        return AuthenticatedClient(client, "private_key_jwt",
-                                   AssertionUse(client.client_id, claims["jti"], int(claims["exp"])))
+        return AuthenticatedClient(
+            client, "private_key_jwt", AssertionUse(client.client_id, claims["jti"], int(claims["exp"]))
+        )
 
     async def _keyset(self, client: Client, refresh: bool) -> KeySet:
         if "jwks" in client.metadata:
@@ -206,17 +216,21 @@ class ClientAuthenticator:
         try:
             return import_jwks(await self._fetch_jwks(client, refresh))
         except ValueError as e:
-            raise InvalidClient(f"the client's jwks_uri did not serve usable keys: {e}",
-                                client_id=client.client_id) from None
+            raise InvalidClient(
+                f"the client's jwks_uri did not serve usable keys: {e}", client_id=client.client_id
+            ) from None
 
-    async def _verify_signature(self, client: Client, value: str, header: dict[str, Any],
-                                alg: str) -> dict[str, Any]:
+    async def _verify_signature(self, client: Client, value: str, header: dict[str, Any], alg: str) -> dict[str, Any]:
         kid = header.get("kid")
         for refresh in (False, True):
             ks = await self._keyset(client, refresh)
-            candidates = [k for k in ks.keys if (kid is None or k.kid == kid)
-                          and alg in _ALGS_FOR_KTY.get(k.key_type, set())
-                          and (k.get("alg") is None or k.get("alg") == alg)]
+            candidates = [
+                k
+                for k in ks.keys
+                if (kid is None or k.kid == kid)
+                and alg in _ALGS_FOR_KTY.get(k.key_type, set())
+                and (k.get("alg") is None or k.get("alg") == alg)
+            ]
             if candidates or "jwks" in client.metadata:
                 break
         for key in candidates[:4]:
@@ -228,8 +242,9 @@ class ClientAuthenticator:
                 continue
             claims = dict(token.claims)
             return claims
-        raise InvalidClient("client_assertion signature does not verify with the client's registered keys",
-                            client_id=client.client_id)
+        raise InvalidClient(
+            "client_assertion signature does not verify with the client's registered keys", client_id=client.client_id
+        )
 
     def _check_claims(self, client: Client, claims: dict[str, Any]) -> None:
         cid = client.client_id

@@ -41,8 +41,7 @@ SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 ASSERTION_ALGS = ("ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "RS384", "RS512", "EdDSA")
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")
-_STRING_FIELDS = ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri", "software_id",
-                  "software_version")
+_STRING_FIELDS = ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri", "software_id", "software_version")
 MAX_STRING = 1024
 MAX_SCOPES = 100
 MAX_JWKS_KEYS = 10
@@ -157,8 +156,7 @@ class Client:
 
     def public_view(self) -> dict[str, Any]:
         """Metadata as returned by RFC 7591/7592 and the admin API: never a secret or its hash."""
-        return {"client_id": self.client_id, **self.metadata,
-                "client_id_issued_at": self.created_at}
+        return {"client_id": self.client_id, **self.metadata, "client_id_issued_at": self.created_at}
 
 
 def _bad(msg: str) -> InvalidClientMetadata:
@@ -242,9 +240,14 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
         parts = urlsplit(uri) if isinstance(uri, str) else None
         from tessera.settings import is_loopback_host
 
-        if parts is None or not parts.hostname or parts.fragment or not (
-            parts.scheme == "https"
-            or (parts.scheme == "http" and policy.allow_http_loopback_jwks_uri and is_loopback_host(parts.hostname))
+        if (
+            parts is None
+            or not parts.hostname
+            or parts.fragment
+            or not (
+                parts.scheme == "https"
+                or (parts.scheme == "http" and policy.allow_http_loopback_jwks_uri and is_loopback_host(parts.hostname))
+            )
         ):
             raise _bad("jwks_uri must be an https URL (http only for loopback hosts)")
         md["jwks_uri"] = uri
@@ -293,23 +296,32 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
 
     lifetime = raw.get("access_token_lifetime")
     if lifetime is not None:
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int) or not (
-            10 <= lifetime <= policy.max_token_lifetime
+        if (
+            isinstance(lifetime, bool)
+            or not isinstance(lifetime, int)
+            or not (10 <= lifetime <= policy.max_token_lifetime)
         ):
             raise _bad(f"access_token_lifetime must be an integer from 10 to {policy.max_token_lifetime}")
         md["access_token_lifetime"] = lifetime
     return md
 
 
-def new_client(raw: Any, policy: ClientPolicy, now: int, *, source: str,
-               client_id: str | None = None) -> tuple[Client, str | None]:
+def new_client(
+    raw: Any, policy: ClientPolicy, now: int, *, source: str, client_id: str | None = None
+) -> tuple[Client, str | None]:
     """A new client from RFC 7591 metadata; returns it and its secret (shown once) if it has one."""
     metadata = validate_metadata(raw, policy)
-    if client_id is not None and (not isinstance(client_id, str) or not re.fullmatch(r"[A-Za-z0-9._~:@-]{1,256}",
-                                                                                     client_id)):
+    if client_id is not None and (
+        not isinstance(client_id, str) or not re.fullmatch(r"[A-Za-z0-9._~:@-]{1,256}", client_id)
+    ):
         raise InvalidClientMetadata("client_id must be 1-256 characters of A-Z a-z 0-9 . _ ~ : @ -")
     secret = generate_secret() if metadata["token_endpoint_auth_method"] in SECRET_METHODS else None
-    client = Client(client_id=client_id or generate_client_id(), metadata=metadata,
-                    secret_hash=hash_secret(secret) if secret else None, source=source, created_at=now,
-                    updated_at=now)
+    client = Client(
+        client_id=client_id or generate_client_id(),
+        metadata=metadata,
+        secret_hash=hash_secret(secret) if secret else None,
+        source=source,
+        created_at=now,
+        updated_at=now,
+    )
     return client, secret

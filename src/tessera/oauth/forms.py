@@ -7,6 +7,7 @@ characters are refused rather than replaced.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from urllib.parse import parse_qsl
 
@@ -16,6 +17,7 @@ __all__ = ["REPEATABLE", "Form", "parse_form"]
 
 REPEATABLE = frozenset({"resource", "audience"})
 MAX_PARAMS = 64
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class Form(Mapping[str, str]):
@@ -52,9 +54,17 @@ def parse_form(body: bytes) -> Form:
         text = body.decode("ascii")
     except UnicodeDecodeError:
         raise InvalidRequest("the form body must be ASCII (percent-encode other characters)") from None
+    if _BAD_PERCENT.search(text):  # parse_qsl would keep a malformed escape such as "%zz" as literal text
+        raise InvalidRequest("the form body has malformed percent-encoding")
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), encoding="utf-8",
-                          errors="strict", max_num_fields=MAX_PARAMS)
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=bool(text),
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_PARAMS,
+        )
     except UnicodeDecodeError:
         raise InvalidRequest("a form parameter is not valid UTF-8 after percent-decoding") from None
     except ValueError:

@@ -51,8 +51,9 @@ def generate_private_key(alg: str) -> PrivateKey:
 
 
 def private_key_to_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def private_key_from_pem(pem: bytes) -> PrivateKey:

@@ -86,8 +86,7 @@ class KEK:
         try:
             return self._aead.decrypt(blob[2:14], blob[14:], aad)
         except InvalidTag as e:
-            raise KekError("the key-encryption key does not open the stored signing keys "
-                           "(wrong TESSERA_KEK?)") from e
+            raise KekError("the key-encryption key does not open the stored signing keys (wrong TESSERA_KEK?)") from e
 
 
 class KeyState(enum.StrEnum):
@@ -117,9 +116,14 @@ class KeyRecord:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "kid": self.kid, "alg": self.alg, "state": self.state.value, "created_at": self.created_at,
-            "activated_at": self.activated_at, "retired_at": self.retired_at,
-            "remove_after": self.remove_after, "removed_at": self.removed_at,
+            "kid": self.kid,
+            "alg": self.alg,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "activated_at": self.activated_at,
+            "retired_at": self.retired_at,
+            "remove_after": self.remove_after,
+            "removed_at": self.removed_at,
         }
 
 
@@ -128,8 +132,12 @@ def new_key(alg: str, state: KeyState, kek: KEK, now: int) -> KeyRecord:
     jwk = public_jwk(private, alg)
     kid = jwk_thumbprint(jwk)
     return KeyRecord(
-        kid=kid, alg=alg, state=state, public_jwk=jwk,
-        sealed_private=kek.seal(private_key_to_pem(private), kid.encode()), created_at=now,
+        kid=kid,
+        alg=alg,
+        state=state,
+        public_jwk=jwk,
+        sealed_private=kek.seal(private_key_to_pem(private), kid.encode()),
+        created_at=now,
         activated_at=now if state is KeyState.ACTIVE else None,
     )
 
@@ -207,8 +215,16 @@ def plan_bootstrap(records: list[KeyRecord], algs: list[str], kek: KEK, now: int
     return KeyPlan(inserts, [], events)
 
 
-def plan_rotation(records: list[KeyRecord], alg: str, kek: KEK, now: int, *, max_token_lifetime: int,
-                  refresh_interval: float, leeway: int) -> KeyPlan:
+def plan_rotation(
+    records: list[KeyRecord],
+    alg: str,
+    kek: KEK,
+    now: int,
+    *,
+    max_token_lifetime: int,
+    refresh_interval: float,
+    leeway: int,
+) -> KeyPlan:
     """next → active, active → retired (kept published until its tokens expire), a new next key."""
     inserts: list[KeyRecord] = []
     updates: list[KeyRecord] = []
@@ -221,8 +237,12 @@ def plan_rotation(records: list[KeyRecord], alg: str, kek: KEK, now: int, *, max
         inserts.append(nxt)
     for r in current:
         if r.state is KeyState.ACTIVE:
-            retired = replace(r, state=KeyState.RETIRED, retired_at=now,
-                              remove_after=removal_time(now, max_token_lifetime, refresh_interval, leeway))
+            retired = replace(
+                r,
+                state=KeyState.RETIRED,
+                retired_at=now,
+                remove_after=removal_time(now, max_token_lifetime, refresh_interval, leeway),
+            )
             updates.append(retired)
             events.append(("key.retired", {"kid": r.kid, "alg": alg, "remove_after": retired.remove_after}))
     promoted = replace(nxt, state=KeyState.ACTIVE, activated_at=now)

@@ -7,18 +7,18 @@ client itself (§2.2, "sub ... the client identifier when the grant has no resou
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.oauth.jws import sign_compact
 from tessera.oauth.keys import SigningKey
+from tessera.oauth.randomness import random_id
 
 __all__ = ["AccessToken", "IssuedToken", "mint_access_token", "new_jti"]
 
 
 def new_jti() -> str:
-    return secrets.token_urlsafe(18)  # 144 bits
+    return random_id(18)  # 144 bits
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,15 @@ def mint_access_token(
         claims.update(extra)
     header = {"alg": key.alg, "typ": "at+jwt", "kid": key.kid}
     value = sign_compact(header, claims, key.private)
-    record = IssuedToken(jti=jti, client_id=client_id, sub=sub, aud=aud, scope=" ".join(scope), kid=key.kid,
-                         grant_type=grant_type, iat=now, exp=now + lifetime)
+    record = IssuedToken(
+        jti=jti,
+        client_id=client_id,
+        sub=sub,
+        aud=aud,
+        scope=" ".join(scope),
+        kid=key.kid,
+        grant_type=grant_type,
+        iat=now,
+        exp=now + lifetime,
+    )
     return AccessToken(value, record, claims)

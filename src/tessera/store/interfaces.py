@@ -35,8 +35,7 @@ class ClientWriter(Protocol):
 
 
 class IssuanceRecorder(Protocol):
-    async def record_issuance(self, token: IssuedToken, assertion: AssertionUse | None,
-                              event: AuditEvent) -> None:
+    async def record_issuance(self, token: IssuedToken, assertion: AssertionUse | None, event: AuditEvent) -> None:
         """Atomically consume the assertion's jti (raise AssertionReplayed if it was used), store the
         token record and append the audit event. Returns only once all of it is committed."""
         ...

@@ -13,8 +13,9 @@ from tessera.oauth.clients import ASSERTION_ALGS
 __all__ = ["metadata"]
 
 
-def metadata(*, issuer: str, grant_types: Sequence[str], signing_algs: Sequence[str],
-             registration: bool) -> dict[str, Any]:
+def metadata(
+    *, issuer: str, grant_types: Sequence[str], signing_algs: Sequence[str], registration: bool
+) -> dict[str, Any]:
     md: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": issuer + "/oauth/token",

@@ -30,8 +30,7 @@ from tessera.store.interfaces import ClientReader, ClientWriter
 
 __all__ = ["RegistrationEndpoint", "bearer_token"]
 
-READ_ONLY = ("registration_access_token", "registration_client_uri", "client_id_issued_at",
-             "client_secret_expires_at")
+READ_ONLY = ("registration_access_token", "registration_client_uri", "client_id_issued_at", "client_secret_expires_at")
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -46,8 +45,16 @@ def _digest(token: str) -> str:
 
 
 class RegistrationEndpoint:
-    def __init__(self, *, issuer: str, initial_access_token: str | None, policy: ClientPolicy,
-                 reader: ClientReader, writer: ClientWriter, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        initial_access_token: str | None,
+        policy: ClientPolicy,
+        reader: ClientReader,
+        writer: ClientWriter,
+        now: Callable[[], float],
+    ) -> None:
         self._issuer = issuer
         self._initial = initial_access_token
         self._policy = policy
@@ -84,19 +91,34 @@ class RegistrationEndpoint:
         now = int(self._now())
         secret = generate_secret() if metadata["token_endpoint_auth_method"] in SECRET_METHODS else None
         rat = secrets.token_urlsafe(32)
-        client = Client(client_id=generate_client_id(), metadata=metadata,
-                        secret_hash=hash_secret(secret) if secret else None, source="registration",
-                        created_at=now, updated_at=now, registration_token_hash=_digest(rat))
-        await self._writer.create_client(client, AuditEvent(
-            "client.registered", actor="registration", subject=client.client_id,
-            data={"metadata": metadata, "via": "rfc7591"}))
+        client = Client(
+            client_id=generate_client_id(),
+            metadata=metadata,
+            secret_hash=hash_secret(secret) if secret else None,
+            source="registration",
+            created_at=now,
+            updated_at=now,
+            registration_token_hash=_digest(rat),
+        )
+        await self._writer.create_client(
+            client,
+            AuditEvent(
+                "client.registered",
+                actor="registration",
+                subject=client.client_id,
+                data={"metadata": metadata, "via": "rfc7591"},
+            ),
+        )
         return self._response(client, secret=secret, rat=rat)
 
     async def _authorized(self, client_id: str, authorization: str | None) -> Client:
         token = bearer_token(authorization)
         client = await self._reader.get_client(client_id) if token and len(client_id) <= 256 else None
-        if client is None or token is None or not client.registration_token_hash or not hmac.compare_digest(
-            _digest(token).encode(), client.registration_token_hash.encode()
+        if (
+            client is None
+            or token is None
+            or not client.registration_token_hash
+            or not hmac.compare_digest(_digest(token).encode(), client.registration_token_hash.encode())
         ):
             raise InvalidToken("the registration access token is not valid for this client")
         return client
@@ -123,15 +145,29 @@ class RegistrationEndpoint:
                 secret_hash = hash_secret(secret)
         else:
             secret_hash = None
-        updated = Client(client_id=client.client_id, metadata=metadata, secret_hash=secret_hash,
-                         source=client.source, created_at=client.created_at, updated_at=int(self._now()),
-                         registration_token_hash=client.registration_token_hash)
-        await self._writer.update_client(updated, AuditEvent(
-            "client.updated", actor="registration", subject=client.client_id,
-            data={"metadata": metadata, "via": "rfc7592", "secret_issued": secret is not None}))
+        updated = Client(
+            client_id=client.client_id,
+            metadata=metadata,
+            secret_hash=secret_hash,
+            source=client.source,
+            created_at=client.created_at,
+            updated_at=int(self._now()),
+            registration_token_hash=client.registration_token_hash,
+        )
+        await self._writer.update_client(
+            updated,
+            AuditEvent(
+                "client.updated",
+                actor="registration",
+                subject=client.client_id,
+                data={"metadata": metadata, "via": "rfc7592", "secret_issued": secret is not None},
+            ),
+        )
         return self._response(updated, secret=secret)
 
     async def delete(self, client_id: str, authorization: str | None) -> None:
         client = await self._authorized(client_id, authorization)
-        await self._writer.delete_client(client.client_id, AuditEvent(
-            "client.deleted", actor="registration", subject=client.client_id, data={"via": "rfc7592"}))
+        await self._writer.delete_client(
+            client.client_id,
+            AuditEvent("client.deleted", actor="registration", subject=client.client_id, data={"via": "rfc7592"}),
+        )

@@ -63,9 +63,16 @@ class TokenEndpoint:
         return response.body
 
     async def _refused(self, error: OAuthError, grant_type: str | None, client_id: str | None) -> None:
-        event = AuditEvent("token.refused", actor=client_id, subject=client_id, data={
-            "grant_type": (grant_type or "")[:80], "error": error.error,
-            "error_description": error.description[:200]})
+        event = AuditEvent(
+            "token.refused",
+            actor=client_id,
+            subject=client_id,
+            data={
+                "grant_type": (grant_type or "")[:80],
+                "error": error.error,
+                "error_description": error.description[:200],
+            },
+        )
         try:
             await self._audit.audit(event)
         except Exception:  # the refusal stands even if it could not be logged

@@ -33,8 +33,7 @@ def resolve_scope(client: Client, requested: str | None) -> list[str]:
         raise InvalidScope(str(e), client_id=client.client_id) from None
     extra = [s for s in scope if s not in client.scopes]
     if extra:
-        raise InvalidScope(f"scope not allowed for this client: {' '.join(extra)[:200]}",
-                           client_id=client.client_id)
+        raise InvalidScope(f"scope not allowed for this client: {' '.join(extra)[:200]}", client_id=client.client_id)
     return scope
 
 
@@ -55,9 +54,17 @@ class ClientCredentialsGrant:
     grant_type: ClassVar[str] = "client_credentials"
     requires_authentication: ClassVar[bool] = True
 
-    def __init__(self, *, issuer: str, keys: Callable[[], KeyRing], signing_alg: str,
-                 recorder: IssuanceRecorder, now: Callable[[], float], max_lifetime: int,
-                 default_audience: str) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        keys: Callable[[], KeyRing],
+        signing_alg: str,
+        recorder: IssuanceRecorder,
+        now: Callable[[], float],
+        max_lifetime: int,
+        default_audience: str,
+    ) -> None:
         self._issuer = issuer
         self._keys = keys
         self._alg = signing_alg
@@ -73,19 +80,35 @@ class ClientCredentialsGrant:
         aud = resolve_audience(client, request.form.getlist("resource"), self._default_audience)
         lifetime = min(self._max_lifetime, client.token_lifetime_cap or self._max_lifetime)
         token = mint_access_token(
-            key=self._keys().signer(self._alg), issuer=self._issuer, client_id=client.client_id,
-            sub=client.client_id, aud=aud, scope=scope, now=int(self._now()), lifetime=lifetime,
+            key=self._keys().signer(self._alg),
+            issuer=self._issuer,
+            client_id=client.client_id,
+            sub=client.client_id,
+            aud=aud,
+            scope=scope,
+            now=int(self._now()),
+            lifetime=lifetime,
             grant_type=self.grant_type,
         )
-        event = AuditEvent("token.issued", actor=client.client_id, subject=client.client_id, data={
-            "grant_type": self.grant_type, "jti": token.record.jti, "aud": aud, "scope": token.record.scope,
-            "kid": token.record.kid, "exp": token.record.exp, "auth_method": authn.method})
+        event = AuditEvent(
+            "token.issued",
+            actor=client.client_id,
+            subject=client.client_id,
+            data={
+                "grant_type": self.grant_type,
+                "jti": token.record.jti,
+                "aud": aud,
+                "scope": token.record.scope,
+                "kid": token.record.kid,
+                "exp": token.record.exp,
+                "auth_method": authn.method,
+            },
+        )
         try:
             await self._recorder.record_issuance(token.record, authn.assertion, event)
         except AssertionReplayed:
             # RFC 7523 §3 (7): a jti seen before means the assertion is replayed.
-            raise InvalidClient("client_assertion was already used (jti replay)", client_id=client.client_id) \
-                from None
+            raise InvalidClient("client_assertion was already used (jti replay)", client_id=client.client_id) from None
         body = {"access_token": token.value, "token_type": "Bearer", "expires_in": lifetime}
         if scope:
             body["scope"] = " ".join(scope)

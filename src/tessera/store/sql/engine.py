@@ -28,16 +28,20 @@ def is_postgres(url: str) -> bool:
 
 def _normalize(url: str) -> str:
     if url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url[len("postgresql://"):]
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
 def _sqlite_engine(url: str, immediate: bool) -> sa.Engine:
-    path = url[len("sqlite:///"):]
+    path = url[len("sqlite:///") :]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                              poolclass=sa.pool.QueuePool if immediate else None, pool_size=1 if immediate else 5)
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=sa.pool.QueuePool if immediate else None,
+        pool_size=1 if immediate else 5,
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _rec: Any) -> None:

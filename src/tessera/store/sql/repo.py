@@ -29,11 +29,13 @@ __all__ = [
     "append_audit",
     "audit_head_row",
     "consume_assertion",
+    "consume_assertions",
     "delete_client",
     "get_client",
     "insert_client",
     "insert_key",
     "insert_token",
+    "insert_tokens",
     "iter_audit",
     "list_clients",
     "load_keys",
@@ -45,9 +47,15 @@ __all__ = [
 
 
 def _client(row: Any) -> Client:
-    return Client(client_id=row.client_id, metadata=dict(row.metadata), secret_hash=row.secret_hash,
-                  source=row.source, created_at=row.created_at, updated_at=row.updated_at,
-                  registration_token_hash=row.registration_token_hash)
+    return Client(
+        client_id=row.client_id,
+        metadata=dict(row.metadata),
+        secret_hash=row.secret_hash,
+        source=row.source,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        registration_token_hash=row.registration_token_hash,
+    )
 
 
 def get_client(conn: sa.Connection, client_id: str) -> Client | None:
@@ -63,8 +71,14 @@ def list_clients(conn: sa.Connection, limit: int = 1000, after: str | None = Non
 
 
 def _client_values(c: Client) -> dict[str, Any]:
-    return {"metadata": c.metadata, "secret_hash": c.secret_hash, "registration_token_hash": c.registration_token_hash,
-            "source": c.source, "created_at": c.created_at, "updated_at": c.updated_at}
+    return {
+        "metadata": c.metadata,
+        "secret_hash": c.secret_hash,
+        "registration_token_hash": c.registration_token_hash,
+        "source": c.source,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    }
 
 
 def insert_client(conn: sa.Connection, c: Client) -> None:
@@ -81,10 +95,18 @@ def delete_client(conn: sa.Connection, client_id: str) -> bool:
 
 
 def _key(row: Any) -> KeyRecord:
-    return KeyRecord(kid=row.kid, alg=row.alg, state=KeyState(row.state), public_jwk=dict(row.public_jwk),
-                     sealed_private=row.sealed_private, created_at=row.created_at,
-                     activated_at=row.activated_at, retired_at=row.retired_at, remove_after=row.remove_after,
-                     removed_at=row.removed_at)
+    return KeyRecord(
+        kid=row.kid,
+        alg=row.alg,
+        state=KeyState(row.state),
+        public_jwk=dict(row.public_jwk),
+        sealed_private=row.sealed_private,
+        created_at=row.created_at,
+        activated_at=row.activated_at,
+        retired_at=row.retired_at,
+        remove_after=row.remove_after,
+        removed_at=row.removed_at,
+    )
 
 
 def load_keys(conn: sa.Connection) -> list[KeyRecord]:
@@ -101,35 +123,81 @@ def lock_keys(conn: sa.Connection) -> list[KeyRecord]:
 
 
 def insert_key(conn: sa.Connection, k: KeyRecord) -> None:
-    conn.execute(sa.insert(signing_keys).values(
-        kid=k.kid, alg=k.alg, state=k.state.value, public_jwk=k.public_jwk, sealed_private=k.sealed_private,
-        created_at=k.created_at, activated_at=k.activated_at, retired_at=k.retired_at,
-        remove_after=k.remove_after, removed_at=k.removed_at))
+    conn.execute(
+        sa.insert(signing_keys).values(
+            kid=k.kid,
+            alg=k.alg,
+            state=k.state.value,
+            public_jwk=k.public_jwk,
+            sealed_private=k.sealed_private,
+            created_at=k.created_at,
+            activated_at=k.activated_at,
+            retired_at=k.retired_at,
+            remove_after=k.remove_after,
+            removed_at=k.removed_at,
+        )
+    )
 
 
 def update_key(conn: sa.Connection, k: KeyRecord) -> None:
-    conn.execute(sa.update(signing_keys).where(signing_keys.c.kid == k.kid).values(
-        state=k.state.value, sealed_private=k.sealed_private, activated_at=k.activated_at,
-        retired_at=k.retired_at, remove_after=k.remove_after, removed_at=k.removed_at))
+    conn.execute(
+        sa.update(signing_keys)
+        .where(signing_keys.c.kid == k.kid)
+        .values(
+            state=k.state.value,
+            sealed_private=k.sealed_private,
+            activated_at=k.activated_at,
+            retired_at=k.retired_at,
+            remove_after=k.remove_after,
+            removed_at=k.removed_at,
+        )
+    )
 
 
 def consume_assertion(conn: sa.Connection, use: AssertionUse) -> bool:
     """Record a client assertion's jti; False if it was recorded before (a replay)."""
+    return bool(consume_assertions(conn, [use]))
+
+
+def consume_assertions(conn: sa.Connection, uses: list[AssertionUse]) -> set[tuple[str, str]]:
+    """Record many assertion jtis in one statement; returns the (client_id, jti) pairs that were new."""
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(assertion_jtis).values(client_id=use.client_id, jti=use.jti, exp=use.exp)
-        return conn.execute(stmt.on_conflict_do_nothing()).rowcount == 1
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    stmt2 = sqlite_insert(assertion_jtis).values(client_id=use.client_id, jti=use.jti, exp=use.exp)
-    return conn.execute(stmt2.on_conflict_do_nothing()).rowcount == 1
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    rows = [{"client_id": u.client_id, "jti": u.jti, "exp": u.exp} for u in uses]
+    stmt = (
+        insert(assertion_jtis)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(assertion_jtis.c.client_id, assertion_jtis.c.jti)
+    )
+    return {(r.client_id, r.jti) for r in conn.execute(stmt)}
 
 
 def insert_token(conn: sa.Connection, t: IssuedToken) -> None:
-    conn.execute(sa.insert(issued_tokens).values(
-        jti=t.jti, client_id=t.client_id, sub=t.sub, aud=t.aud, scope=t.scope, kid=t.kid,
-        grant_type=t.grant_type, iat=t.iat, exp=t.exp))
+    insert_tokens(conn, [t])
+
+
+def insert_tokens(conn: sa.Connection, tokens: list[IssuedToken]) -> None:
+    if tokens:
+        conn.execute(
+            sa.insert(issued_tokens),
+            [
+                {
+                    "jti": t.jti,
+                    "client_id": t.client_id,
+                    "sub": t.sub,
+                    "aud": t.aud,
+                    "scope": t.scope,
+                    "kid": t.kid,
+                    "grant_type": t.grant_type,
+                    "iat": t.iat,
+                    "exp": t.exp,
+                }
+                for t in tokens
+            ],
+        )
 
 
 def purge_expired(conn: sa.Connection, now: int, leeway: int) -> int:
@@ -156,29 +224,51 @@ def append_audit(conn: sa.Connection, events: list[AuditEvent], ts: int) -> list
         rec = seal(ev, seq, ts, prev)
         records.append(rec)
         prev = rec.hash
-    conn.execute(sa.insert(audit_log), [
-        {"seq": r.seq, "ts": r.ts, "event": r.event, "actor": r.actor, "subject": r.subject,
-         "data": json.dumps(r.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-         "prev": r.prev, "hash": r.hash} for r in records])
+    conn.execute(
+        sa.insert(audit_log),
+        [
+            {
+                "seq": r.seq,
+                "ts": r.ts,
+                "event": r.event,
+                "actor": r.actor,
+                "subject": r.subject,
+                "data": json.dumps(r.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                "prev": r.prev,
+                "hash": r.hash,
+            }
+            for r in records
+        ],
+    )
     conn.execute(sa.update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
     return records
 
 
 def _record(row: Any) -> AuditRecord:
-    return AuditRecord(seq=int(row.seq), ts=int(row.ts), event=row.event, actor=row.actor, subject=row.subject,
-                       data=json.loads(row.data), prev=row.prev, hash=row.hash)
+    return AuditRecord(
+        seq=int(row.seq),
+        ts=int(row.ts),
+        event=row.event,
+        actor=row.actor,
+        subject=row.subject,
+        data=json.loads(row.data),
+        prev=row.prev,
+        hash=row.hash,
+    )
 
 
-def iter_audit(conn: sa.Connection, after: int = 0, limit: int | None = None,
-               batch: int = 5000) -> Iterator[AuditRecord]:
+def iter_audit(
+    conn: sa.Connection, after: int = 0, limit: int | None = None, batch: int = 5000
+) -> Iterator[AuditRecord]:
     """Records in seq order, fetched in batches (constant memory for `audit verify` and `export`)."""
     seen = 0
     while True:
         n = batch if limit is None else min(batch, limit - seen)
         if n <= 0:
             return
-        rows = conn.execute(sa.select(audit_log).where(audit_log.c.seq > after)
-                            .order_by(audit_log.c.seq).limit(n)).all()
+        rows = conn.execute(
+            sa.select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(n)
+        ).all()
         if not rows:
             return
         for row in rows:

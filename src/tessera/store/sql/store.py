@@ -16,7 +16,6 @@ from tessera.oauth.client_auth import AssertionUse
 from tessera.oauth.clients import Client
 from tessera.oauth.keys import KEK, KeyPlan, KeyRecord, plan_bootstrap, plan_rotation, plan_sweep
 from tessera.oauth.tokens import IssuedToken
-from tessera.store.interfaces import AssertionReplayed
 from tessera.store.sql import repo
 from tessera.store.sql.engine import create_engines, upgrade
 from tessera.store.sql.writer import GroupCommitWriter
@@ -108,18 +107,11 @@ class SqlStore:
         return gone
 
     # -- issuance (IssuanceRecorder, AuditSink) --------------------------------------------------------
-    async def record_issuance(self, token: IssuedToken, assertion: AssertionUse | None,
-                              event: AuditEvent) -> None:
-        def work(c: sa.Connection) -> tuple[None, list[AuditEvent]]:
-            if assertion is not None and not repo.consume_assertion(c, assertion):
-                raise AssertionReplayed(assertion.jti)
-            repo.insert_token(c, token)
-            return None, [event]
-
-        await self.writer.submit(work)
+    async def record_issuance(self, token: IssuedToken, assertion: AssertionUse | None, event: AuditEvent) -> None:
+        await self.writer.submit_issuance(token, assertion, event)
 
     async def audit(self, event: AuditEvent) -> None:
-        await self.writer.submit(lambda c: (None, [event]))
+        await self.writer.submit_events([event])
 
     # -- keys (KeySource and lifecycle) ---------------------------------------------------------------
     async def load_keys(self) -> list[KeyRecord]:
@@ -130,8 +122,11 @@ class SqlStore:
             repo.insert_key(conn, k)
         for k in plan.updates:
             repo.update_key(conn, k)
-        repo.append_audit(conn, [AuditEvent(ev, actor=actor, subject=data["kid"], data=data)
-                                 for ev, data in plan.events], self.now_ms())
+        repo.append_audit(
+            conn,
+            [AuditEvent(ev, actor=actor, subject=data["kid"], data=data) for ev, data in plan.events],
+            self.now_ms(),
+        )
 
     def bootstrap_keys(self, algs: list[str], kek: KEK, actor: str = "system") -> KeyPlan:
         with self.transaction() as conn:
@@ -139,12 +134,26 @@ class SqlStore:
             self._apply(conn, plan, actor)
             return plan
 
-    def rotate_keys(self, alg: str, kek: KEK, *, max_token_lifetime: int, refresh_interval: float,
-                    leeway: int, actor: str = "operator") -> KeyPlan:
+    def rotate_keys(
+        self,
+        alg: str,
+        kek: KEK,
+        *,
+        max_token_lifetime: int,
+        refresh_interval: float,
+        leeway: int,
+        actor: str = "operator",
+    ) -> KeyPlan:
         with self.transaction() as conn:
-            plan = plan_rotation(repo.lock_keys(conn), alg, kek, int(self.clock.now()),
-                                 max_token_lifetime=max_token_lifetime, refresh_interval=refresh_interval,
-                                 leeway=leeway)
+            plan = plan_rotation(
+                repo.lock_keys(conn),
+                alg,
+                kek,
+                int(self.clock.now()),
+                max_token_lifetime=max_token_lifetime,
+                refresh_interval=refresh_interval,
+                leeway=leeway,
+            )
             self._apply(conn, plan, actor)
             return plan
 

@@ -10,7 +10,8 @@ __all__ = ["assertion_jtis", "audit_head", "audit_log", "clients", "issued_token
 metadata = sa.MetaData()
 
 clients = sa.Table(
-    "clients", metadata,
+    "clients",
+    metadata,
     sa.Column("client_id", sa.String(256), primary_key=True),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("secret_hash", sa.String(128)),
@@ -21,7 +22,8 @@ clients = sa.Table(
 )
 
 signing_keys = sa.Table(
-    "signing_keys", metadata,
+    "signing_keys",
+    metadata,
     sa.Column("kid", sa.String(128), primary_key=True),
     sa.Column("alg", sa.String(16), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -35,7 +37,8 @@ signing_keys = sa.Table(
 )
 
 issued_tokens = sa.Table(
-    "issued_tokens", metadata,
+    "issued_tokens",
+    metadata,
     sa.Column("jti", sa.String(64), primary_key=True),
     sa.Column("client_id", sa.String(256), nullable=False, index=True),
     sa.Column("sub", sa.String(256), nullable=False, index=True),
@@ -49,14 +52,16 @@ issued_tokens = sa.Table(
 )
 
 assertion_jtis = sa.Table(
-    "assertion_jtis", metadata,
+    "assertion_jtis",
+    metadata,
     sa.Column("client_id", sa.String(256), primary_key=True),
     sa.Column("jti", sa.String(256), primary_key=True),
     sa.Column("exp", sa.BigInteger, nullable=False, index=True),
 )
 
 audit_log = sa.Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("ts", sa.BigInteger, nullable=False),
     sa.Column("event", sa.String(64), nullable=False, index=True),
@@ -70,7 +75,8 @@ audit_log = sa.Table(
 # One row: the chain head. Writers lock it (FOR UPDATE on PostgreSQL; SQLite's write lock) so that
 # records from several processes form one chain.
 audit_head = sa.Table(
-    "audit_head", metadata,
+    "audit_head",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),

@@ -1,11 +1,19 @@
 """Group commit: one writer thread per process turns many concurrent writes into few transactions.
 
-A request submits a unit of work (a function of a connection returning a value and the audit events
-it produced) and awaits its future. The writer drains what is queued (up to ``max_batch``), runs
-each unit in its own SAVEPOINT (one unit's failure does not undo the others), appends every
-successful unit's audit events to the hash chain, commits once, and only then resolves the futures:
-a caller never sees success for a write that is not committed. If the commit fails, every unit of
-the batch fails with it.
+Callers submit writes and await their futures. The writer drains what is queued (up to
+``max_batch``) and commits it as one transaction:
+
+- token issuances (the hot path) become a handful of multi-row statements for the whole batch: one
+  ``INSERT … ON CONFLICT DO NOTHING RETURNING`` consumes the client assertions' ``jti`` values (a
+  ``jti`` that is not returned was used before: that issuance fails with ``AssertionReplayed``), one
+  insert stores the token records;
+- other writes are functions of a connection, each in its own SAVEPOINT so that one's failure does
+  not undo the others;
+- every successful write's audit events are appended to the hash chain, in submission order.
+
+Futures resolve only after the commit: a caller never sees success for a write that is not durable.
+If the batch transaction fails as a whole, each write is retried alone, so one bad write cannot
+fail its neighbours.
 """
 
 from __future__ import annotations
@@ -21,54 +29,70 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from tessera.audit import AuditEvent
+from tessera.oauth.client_auth import AssertionUse
+from tessera.oauth.tokens import IssuedToken
+from tessera.store.interfaces import AssertionReplayed
 from tessera.store.sql import repo
 
-__all__ = ["GroupCommitWriter", "Work"]
+__all__ = ["GroupCommitWriter"]
 
 log = logging.getLogger("tessera.store.writer")
 T = TypeVar("T")
-Work = Callable[[sa.Connection], tuple[T, list[AuditEvent]]]
 
 
 @dataclass
 class _Item:
-    work: Callable[[sa.Connection], tuple[Any, list[AuditEvent]]]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    work: Callable[[sa.Connection], tuple[Any, list[AuditEvent]]] | None = None
+    token: IssuedToken | None = None
+    assertion: AssertionUse | None = None
+    events: list[AuditEvent] | None = None
 
 
 _STOP = object()
 
 
 class GroupCommitWriter:
-    def __init__(self, engine: sa.Engine, now_ms: Callable[[], int], max_batch: int = 256) -> None:
+    def __init__(self, engine: sa.Engine, now_ms: Callable[[], int], max_batch: int = 512) -> None:
         self._engine = engine
         self._now_ms = now_ms
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="tessera-writer", daemon=True)
-        self._started = False
+        self._thread: threading.Thread | None = None
         self.batches = 0
         self.units = 0
 
     def start(self) -> None:
-        if not self._started:
-            self._started = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tessera-writer", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
-        if self._started:
+        if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout=30)
-            self._started = False
+            self._thread = None
+
+    def _put(self, item: _Item) -> asyncio.Future[Any]:
+        if self._thread is None:
+            raise RuntimeError("the writer is not running")
+        self._queue.put(item)
+        return item.future
 
     async def submit(self, work: Callable[[sa.Connection], tuple[T, list[AuditEvent]]]) -> T:
-        if not self._started:
-            raise RuntimeError("the writer is not running")
+        """Run ``work`` (returning a value and its audit events) in the next group commit."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(work, loop, fut))
-        return await fut
+        result: T = await self._put(_Item(loop, loop.create_future(), work=work))
+        return result
+
+    async def submit_events(self, events: list[AuditEvent]) -> None:
+        loop = asyncio.get_running_loop()
+        await self._put(_Item(loop, loop.create_future(), events=events))
+
+    async def submit_issuance(self, token: IssuedToken, assertion: AssertionUse | None, event: AuditEvent) -> None:
+        loop = asyncio.get_running_loop()
+        await self._put(_Item(loop, loop.create_future(), token=token, assertion=assertion, events=[event]))
 
     def _run(self) -> None:
         while True:
@@ -86,33 +110,56 @@ class GroupCommitWriter:
                     stop = True
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            try:
+                outcomes = self._transaction(batch)
+            except Exception:
+                log.warning("group commit of %d writes failed; retrying them one by one", len(batch), exc_info=True)
+                outcomes = []
+                for item in batch:
+                    try:
+                        outcomes.extend(self._transaction([item]))
+                    except Exception as e:
+                        outcomes.append((False, e))
+            self.batches += 1
+            self.units += len(batch)
+            for item, (ok, value) in zip(batch, outcomes, strict=True):
+                item.loop.call_soon_threadsafe(_resolve, item.future, ok, value)
             if stop:
                 return
 
-    def _commit(self, batch: list[_Item]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            with self._engine.begin() as conn:
-                events: list[AuditEvent] = []
-                for item in batch:
-                    savepoint = conn.begin_nested()
-                    try:
-                        value, evs = item.work(conn)
-                        savepoint.commit()
-                        events.extend(evs)
-                        outcomes.append((True, value))
-                    except Exception as e:  # the unit's own failure: reported to its caller only
-                        savepoint.rollback()
-                        outcomes.append((False, e))
-                repo.append_audit(conn, events, self._now_ms())
-        except Exception as e:
-            log.exception("group commit of %d writes failed", len(batch))
-            outcomes = [(False, e)] * len(batch)
-        self.batches += 1
-        self.units += len(batch)
-        for item, (ok, value) in zip(batch, outcomes, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, ok, value)
+    def _transaction(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = [(True, None)] * len(batch)
+        with self._engine.begin() as conn:
+            for i, item in enumerate(batch):
+                if item.work is None:
+                    continue
+                savepoint = conn.begin_nested()
+                try:
+                    value, evs = item.work(conn)
+                    savepoint.commit()
+                    outcomes[i] = (True, value)
+                    item.events = evs
+                except Exception as e:  # the unit's own failure: reported to its caller only
+                    savepoint.rollback()
+                    outcomes[i] = (False, e)
+            issuing = [i for i, item in enumerate(batch) if item.token is not None]
+            if issuing:
+                uses = [batch[i].assertion for i in issuing if batch[i].assertion is not None]
+                fresh = repo.consume_assertions(conn, [u for u in uses if u is not None]) if uses else set()
+                tokens = []
+                for i in issuing:
+                    use = batch[i].assertion
+                    if use is not None:
+                        key = (use.client_id, use.jti)
+                        if key not in fresh:
+                            outcomes[i] = (False, AssertionReplayed(use.jti))
+                            continue
+                        fresh.discard(key)  # a second use of the same jti within this batch is a replay too
+                    tokens.append(batch[i].token)
+                repo.insert_tokens(conn, [t for t in tokens if t is not None])
+            events = [ev for (ok, _), item in zip(outcomes, batch, strict=True) if ok for ev in (item.events or [])]
+            repo.append_audit(conn, events, self._now_ms())
+        return outcomes
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
