@@ -62,6 +62,9 @@ ES256 = ec.ECDSA(hashes.SHA256())
 # Assertions per second of run time to pre-generate, as a multiple of the crypto
 # floor for private_key_jwt (no single-core server can verify faster than that).
 ASSERTION_HEADROOM = 1.5
+# A run is flagged when other work (other processes, hypervisor steal) took more than
+# this share of the server's core while it was measured.
+INTERFERENCE_LIMIT = 0.10
 
 
 class BenchError(Exception):
@@ -190,9 +193,7 @@ def check_access_token(token: str, jwks: dict[str, Any]) -> tuple[list[str], lis
     keys = [
         k
         for k in jwks.get("keys", [])
-        if k.get("kty") == "EC"
-        and k.get("crv") == "P-256"
-        and ("kid" not in header or k.get("kid") == header["kid"])
+        if k.get("kty") == "EC" and k.get("crv") == "P-256" and ("kid" not in header or k.get("kid") == header["kid"])
     ]
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
@@ -245,6 +246,7 @@ class Target(Protocol):
     name: str
     version: str | None
     endpoints: Endpoints | None
+    process: Process | None
 
     def prepare(self) -> None: ...
     def start(self, workdir: Path, client_key: ClientKey) -> None: ...
@@ -296,9 +298,7 @@ class Process:
                 except (httpx.HTTPError, ValueError) as exc:
                     last = str(exc) or type(exc).__name__
                 time.sleep(0.1)
-        raise BenchError(
-            f"{self.name} not ready after {timeout:.0f}s at {url} ({last}); log:\n{self.log_tail()}"
-        )
+        raise BenchError(f"{self.name} not ready after {timeout:.0f}s at {url} ({last}); log:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -371,15 +371,11 @@ class Tessera:
             "TESSERA_ADMIN_TOKEN": secrets.token_urlsafe(32),
             "TESSERA_REGISTRATION_TOKEN": self._registration_token,
         }
-        self.process = Process(
-            self.name, [str(self.executable), "serve"], env, workdir, workdir / "tessera.log"
-        )
+        self.process = Process(self.name, [str(self.executable), "serve"], env, workdir, workdir / "tessera.log")
         self._metadata, self.endpoints = discover(self.process, self.base_url)
 
     def _register(self, http: httpx.Client, url: str, metadata: dict[str, Any]) -> dict[str, Any]:
-        response = http.post(
-            url, json=metadata, headers={"Authorization": f"Bearer {self._registration_token}"}
-        )
+        response = http.post(url, json=metadata, headers={"Authorization": f"Bearer {self._registration_token}"})
         if response.status_code != 201:
             raise BenchError(
                 f"tessera: registering a {metadata['token_endpoint_auth_method']} client answered "
@@ -557,9 +553,7 @@ def ensure_wrk() -> str:
     """wrk's version line; installs Debian's wrk when missing and running as root."""
     if not shutil.which("wrk"):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise BenchError(
-                "wrk is not installed: install it (Debian/Ubuntu: `apt-get install -y wrk`) and rerun"
-            )
+            raise BenchError("wrk is not installed: install it (Debian/Ubuntu: `apt-get install -y wrk`) and rerun")
         log("installing wrk with apt-get")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
@@ -581,9 +575,7 @@ def check_machine() -> None:
         raise BenchError("taskset is missing (Debian package util-linux)")
     cpus = os.sched_getaffinity(0)
     if not {SERVER_CPU, LOAD_CPU} <= cpus:
-        raise BenchError(
-            f"need CPUs {SERVER_CPU} and {LOAD_CPU} (server and load generator); have {sorted(cpus)}"
-        )
+        raise BenchError(f"need CPUs {SERVER_CPU} and {LOAD_CPU} (server and load generator); have {sorted(cpus)}")
 
 
 def measure_floor(seconds: float) -> dict[str, float]:
@@ -603,6 +595,7 @@ class Run:
     auth: str
     status: str = "ok"  # ok | flagged | failed | skipped
     note: str = ""
+    flags: list[str] = field(default_factory=list)  # errors | wrapped | interference
     rps: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -610,6 +603,9 @@ class Run:
     errors: int | None = None
     statuses: dict[int, int] = field(default_factory=dict)
     socket_errors: dict[str, int] = field(default_factory=dict)
+    server_cpu: float | None = None
+    other_cpu: float | None = None
+    repeats_rps: list[float] = field(default_factory=list)
     ratio_vs_peer: float | None = None
     ratio_vs_floor: float | None = None
 
@@ -620,12 +616,11 @@ class Settings:
     warmup: float
     connections: int
     assertions: int | None
+    repeat: int
     floor: dict[str, float]
 
 
-def check_token_request(
-    target: Target, endpoints: Endpoints, clients: Clients, auth: str, key: ClientKey
-) -> None:
+def check_token_request(target: Target, endpoints: Endpoints, clients: Clients, auth: str, key: ClientKey) -> None:
     """One token request by hand: 200 and an ES256 JWT that verifies with the JWKS."""
     data = {"grant_type": "client_credentials", "scope": "read"}
     headers = {"Accept": "application/json"}
@@ -647,6 +642,50 @@ def check_token_request(
         raise BenchError("; ".join(errors))
 
 
+@dataclass
+class CpuSample:
+    """CPU seconds used so far by the server's process group and by core SERVER_CPU."""
+
+    server: float
+    core_busy: float
+    core_total: float
+
+    @classmethod
+    def take(cls, pgid: int) -> CpuSample:
+        ticks = os.sysconf("SC_CLK_TCK")
+        server = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11 and 12
+                server += int(fields[11]) + int(fields[12])
+        core = next(
+            line for line in Path("/proc/stat").read_text().splitlines() if line.startswith(f"cpu{SERVER_CPU} ")
+        )
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, core.split()[1:9])
+        busy = user + nice + system + irq + softirq + steal
+        return cls(server / ticks, busy / ticks, (busy + idle + iowait) / ticks)
+
+
+@dataclass
+class Measurement:
+    wrk: WrkResult
+    server_cpu: float  # share of one core the server used while measured
+    other_cpu: float  # share of core SERVER_CPU used by anything else (incl. steal)
+
+
+def measure_once(url: str, script_args: list[str], cfg: Settings, pgid: int) -> Measurement:
+    before, t0 = CpuSample.take(pgid), time.monotonic()
+    result = run_wrk(url, script_args, cfg.duration, cfg.connections)
+    after, wall = CpuSample.take(pgid), time.monotonic() - t0
+    server = after.server - before.server
+    core_total = max(after.core_total - before.core_total, 1e-9)
+    other = max(0.0, (after.core_busy - before.core_busy) - server) / core_total
+    return Measurement(result, server / wall, other)
+
+
 def measure_auth(
     target: Target,
     endpoints: Endpoints,
@@ -658,43 +697,68 @@ def measure_auth(
 ) -> Run:
     run = Run(target.name, AUTH_METHODS[auth])
     check_token_request(target, endpoints, clients, auth, key)
-    if auth == "basic":
-        args = ["basic", basic_authorization(clients.basic_id, clients.basic_secret)]
-        warm_args, measure_args = args, args
-    else:
-        per_second = cfg.floor["pkjwt"] * ASSERTION_HEADROOM
-        lifetime = max(300, int(cfg.warmup + cfg.duration) + 240)
-        counts = {
-            "warmup": math.ceil(per_second * max(1, round(cfg.warmup))) + 1000,
-            "measure": cfg.assertions or math.ceil(per_second * max(1, round(cfg.duration))) + 1000,
-        }
-        files: dict[str, Path] = {}
+    assert target.process is not None
+    pgid = target.process.proc.pid  # its own session and process group (start_new_session)
+
+    def script_args(phase: str, seconds: float) -> list[str]:
+        if auth == "basic":
+            return ["basic", basic_authorization(clients.basic_id, clients.basic_secret)]
+        per_second = max(cfg.floor["pkjwt"], warm_rps) * ASSERTION_HEADROOM
+        count = math.ceil(per_second * max(1, round(seconds))) + 1000
+        if phase != "warmup" and cfg.assertions:
+            count = cfg.assertions
+        path = workdir / f"assertions-{target.name}-{phase}.txt"
         t0 = time.monotonic()
-        for phase, count in counts.items():
-            files[phase] = workdir / f"assertions-{target.name}-{phase}.txt"
-            key.write_assertions(files[phase], count, clients.pkjwt_id, endpoints.token, lifetime)
-        log(f"{target.name}/pkjwt: {sum(counts.values())} assertions in {time.monotonic() - t0:.1f}s")
-        warm_args, measure_args = ["pkjwt", str(files["warmup"])], ["pkjwt", str(files["measure"])]
+        lifetime = max(300, int(seconds) + 240)
+        key.write_assertions(path, count, clients.pkjwt_id, endpoints.token, lifetime)
+        log(f"{target.name}/pkjwt: {count} assertions for the {phase} in {time.monotonic() - t0:.1f}s")
+        return ["pkjwt", str(path)]
+
+    warm_rps = 0.0
     if cfg.warmup > 0:
-        warm = run_wrk(endpoints.token, warm_args, cfg.warmup, cfg.connections)
+        warm = run_wrk(endpoints.token, script_args("warmup", cfg.warmup), cfg.warmup, cfg.connections)
         log(f"{target.name}/{auth}: warm-up {warm.rps:,.0f} req/s, {warm.errors} errors")
-    result = run_wrk(endpoints.token, measure_args, cfg.duration, cfg.connections)
+        warm_rps = warm.rps
+    measurements = []
+    for i in range(cfg.repeat):
+        m = measure_once(endpoints.token, script_args(f"run{i + 1}", cfg.duration), cfg, pgid)
+        log(
+            f"{target.name}/{auth}: run {i + 1}/{cfg.repeat}: {m.wrk.rps:,.0f} req/s, "
+            f"p50 {m.wrk.p50_ms:.2f} ms, p99 {m.wrk.p99_ms:.2f} ms, {m.wrk.errors} errors, "
+            f"server CPU {m.server_cpu:.0%}, other load on CPU {SERVER_CPU} {m.other_cpu:.0%}"
+        )
+        measurements.append(m)
+    # The median run by req/s stands for the set (the only run when --repeat is 1).
+    chosen = sorted(measurements, key=lambda m: m.wrk.rps)[(len(measurements) - 1) // 2]
+    result = chosen.wrk
     run.rps, run.p50_ms, run.p99_ms = result.rps, result.p50_ms, result.p99_ms
-    run.requests, run.errors = result.requests, result.errors
+    run.requests, run.errors = result.requests, sum(m.wrk.errors for m in measurements)
     run.statuses, run.socket_errors = result.statuses, result.socket_errors
+    run.server_cpu, run.other_cpu = chosen.server_cpu, max(m.other_cpu for m in measurements)
+    run.repeats_rps = [m.wrk.rps for m in measurements]
     notes = []
-    if result.errors:
-        codes = ", ".join(f"{s}: {n}" for s, n in sorted(result.statuses.items()) if not 200 <= s < 300)
-        sockets = ", ".join(f"{k}: {n}" for k, n in result.socket_errors.items() if n)
-        notes.append("errors (" + "; ".join(filter(None, [codes, sockets])) + ")")
-    if result.wrapped:
+    if run.errors:
+        statuses: dict[int, int] = {}
+        sockets: dict[str, int] = {}
+        for m in measurements:
+            for status, n in m.wrk.statuses.items():
+                statuses[status] = statuses.get(status, 0) + n
+            for kind, n in m.wrk.socket_errors.items():
+                sockets[kind] = sockets.get(kind, 0) + n
+        codes = ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()) if not 200 <= s < 300)
+        socket_text = ", ".join(f"{k}: {n}" for k, n in sockets.items() if n)
+        notes.append("errors (" + "; ".join(filter(None, [codes, socket_text])) + ")")
+        run.flags.append("errors")
+    if any(m.wrk.wrapped for m in measurements):
         notes.append("ran out of pre-generated assertions (raise --assertions)")
+        run.flags.append("wrapped")
+    if run.other_cpu > INTERFERENCE_LIMIT:
+        run.flags.append("interference")
+        notes.append(
+            f"CPU {SERVER_CPU} was {run.other_cpu:.0%} busy with other work (interference: rerun on a quiet machine)"
+        )
     if notes:
         run.status, run.note = "flagged", "; ".join(notes)
-    log(
-        f"{target.name}/{auth}: {result.rps:,.0f} req/s, "
-        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
-    )
     return run
 
 
@@ -712,9 +776,7 @@ def bench_target(target: Target, auths: list[str], key: ClientKey, cfg: Settings
         target.prepare()
     except SkipTarget as exc:
         log(f"skipping {target.name}: {exc}")
-        return [
-            Run(target.name, AUTH_METHODS[a], status="skipped", note=str(exc).splitlines()[0]) for a in auths
-        ]
+        return [Run(target.name, AUTH_METHODS[a], status="skipped", note=str(exc).splitlines()[0]) for a in auths]
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix=f"bench-{target.name}-") as tmp:
         workdir = Path(tmp)
@@ -729,9 +791,7 @@ def bench_target(target: Target, auths: list[str], key: ClientKey, cfg: Settings
                         runs.append(measure_auth(target, endpoints, clients, auth, key, workdir, cfg))
                     except BenchError as exc:
                         log(f"{target.name}/{auth} failed: {exc}")
-                        runs.append(
-                            Run(target.name, AUTH_METHODS[auth], status="failed", note=str(exc)[:300])
-                        )
+                        runs.append(Run(target.name, AUTH_METHODS[auth], status="failed", note=str(exc)[:300]))
         except BenchError as exc:
             log(f"{target.name} failed: {exc}")
             done = {r.auth for r in runs}
@@ -761,32 +821,51 @@ def add_ratios(runs: list[Run], floor: dict[str, float], peers: set[str]) -> Non
 
 
 def verdict(runs: list[Run], auths: list[str], peers: set[str]) -> tuple[bool | None, str]:
+    """Whether Tessera meets the target for every method: True, False, or None (not decidable)."""
     parts = []
-    met: bool | None = True
+    outcomes: list[bool | None] = []
     for auth in (AUTH_METHODS[a] for a in auths):
         ours = next((r for r in runs if r.target == "tessera" and r.auth == auth), None)
-        peer_ok = any(r.target in peers and r.auth == auth and r.status == "ok" for r in runs)
-        if ours is None or ours.status in ("skipped", "failed") or not peer_ok:
-            why = "tessera not measured" if ours is None or ours.status != "ok" else "no clean peer run"
-            parts.append(f"{auth}: not measured ({why})")
-            met = None if met is not False else False
-            continue
-        ratio = ours.ratio_vs_peer or 0.0
-        ok = ours.status == "ok" and ratio >= TARGET_RATIO
-        flag = "" if ours.status == "ok" else ", flagged run"
-        parts.append(f"{auth}: {ratio:.2f}x {'>=' if ratio >= TARGET_RATIO else '<'} {TARGET_RATIO}x{flag}")
-        if not ok:
-            met = False
-    word = {True: "MEETS", False: "DOES NOT MEET", None: "NOT MEASURED AGAINST"}[met]
-    return (
-        met,
-        f"Tessera {word} the target (>= {TARGET_RATIO}x the peer's req/s per auth method): "
-        + "; ".join(parts),
-    )
+        peer_runs = [r for r in runs if r.target in peers and r.auth == auth]
+        outcome: bool | None = None
+        if ours is None or ours.rps is None:
+            text = "Tessera " + ("not run" if ours is None else ours.status)
+        elif not any(r.rps is not None for r in peer_runs):
+            text = "peer " + ("not run" if not peer_runs else "/".join(sorted({r.status for r in peer_runs})))
+        elif ours.ratio_vs_peer is None:
+            text = "no clean peer run (interference or errors)"
+        else:
+            ratio = ours.ratio_vs_peer
+            text = f"{ratio:.2f}x {'>=' if ratio >= TARGET_RATIO else '<'} {TARGET_RATIO}x"
+            if ratio < TARGET_RATIO or {"errors", "wrapped"} & set(ours.flags):
+                outcome = False
+            elif ours.flags:
+                outcome = None
+            else:
+                outcome = True
+            if ours.flags:
+                text += " (Tessera run flagged: " + ", ".join(ours.flags) + ")"
+        parts.append(f"{auth}: {text}")
+        outcomes.append(outcome)
+    met: bool | None = False if False in outcomes else None if None in outcomes else True
+    word = {True: "MEETS", False: "DOES NOT MEET", None: "NOT SHOWN TO MEET"}[met]
+    head = f"Tessera {word} the target (>= {TARGET_RATIO}x the peer's req/s per auth method): "
+    return met, head + "; ".join(parts)
 
 
 def render_table(runs: list[Run]) -> str:
-    header = ["target", "auth", "req/s", "p50 ms", "p99 ms", "errors", "vs peer", "vs crypto floor", "note"]
+    header = [
+        "target",
+        "auth",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "vs peer",
+        "vs crypto floor",
+        "server cpu",
+        "note",
+    ]
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -801,17 +880,17 @@ def render_table(runs: list[Run]) -> str:
             "-" if run.errors is None else str(run.errors),
             fmt(run.ratio_vs_peer, ".2f") + ("x" if run.ratio_vs_peer is not None else ""),
             fmt(run.ratio_vs_floor, ".3f") + ("x" if run.ratio_vs_floor is not None else ""),
+            fmt(run.server_cpu, ".0%"),
             run.status if run.status != "ok" else "",
         ]
         for run in runs
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {2, 3, 4, 5, 6, 7}
+    right = {2, 3, 4, 5, 6, 7, 8}
 
     def line(cells: list[str]) -> str:
         return " | ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
     out = [line(header), "-+-".join("-" * w for w in widths), *map(line, rows)]
@@ -820,24 +899,19 @@ def render_table(runs: list[Run]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="client_credentials benchmark: Tessera vs node-oidc-provider"
-    )
+    parser = argparse.ArgumentParser(description="client_credentials benchmark: Tessera vs node-oidc-provider")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per run (default 10)")
-    parser.add_argument(
-        "--warmup", type=float, default=2.0, help="seconds of warm-up load per run (default 2)"
-    )
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up load per run (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--only", choices=["tessera", "peer"], help="run one target only")
     parser.add_argument("--auth", choices=list(AUTH_METHODS), help="one client authentication method only")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs per server and method; the median is kept")
     parser.add_argument("--assertions", type=int, help="private_key_jwt assertions to pre-generate per run")
-    parser.add_argument(
-        "--floor-seconds", type=float, default=2.0, help="seconds per crypto floor (default 2)"
-    )
-    parser.add_argument(
-        "--output", type=Path, default=RESULTS_FILE, help=f"JSON results (default {RESULTS_FILE})"
-    )
+    parser.add_argument("--floor-seconds", type=float, default=2.0, help="seconds per crypto floor (default 2)")
+    parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"JSON results (default {RESULTS_FILE})")
     args = parser.parse_args(argv)
+    if args.repeat < 1 or args.duration < 1 or args.connections < 1:
+        parser.error("--repeat, --duration and --connections must be at least 1")
     auths = [args.auth] if args.auth else list(AUTH_METHODS)
 
     try:
@@ -849,11 +923,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    cfg = Settings(args.duration, args.warmup, args.connections, args.assertions, floor)
+    cfg = Settings(args.duration, args.warmup, args.connections, args.assertions, args.repeat, floor)
     tessera, peer = Tessera(), OidcProvider()
-    targets: list[Target] = [
-        t for t in (tessera, peer) if args.only in (None, "peer" if t is peer else t.name)
-    ]
+    targets: list[Target] = [t for t in (tessera, peer) if args.only in (None, "peer" if t is peer else t.name)]
     peers = {peer.name}
     key = ClientKey.generate()
     runs: list[Run] = []
@@ -867,6 +939,7 @@ def main(argv: list[str] | None = None) -> int:
         f"client_credentials, 1 server process on CPU {SERVER_CPU}, "
         f"wrk 1 thread x {args.connections} connections on CPU {LOAD_CPU}, "
         f"{args.duration:g}s after {args.warmup:g}s warm-up"
+        + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
     )
     print(
         f"crypto floor (cryptography, 1 core): client_secret_basic {floor['basic']:,.0f} ops/s "
@@ -889,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "connections": args.connections,
+            "repeat": args.repeat,
             "wrk_threads": 1,
             "server_cpu": SERVER_CPU,
             "load_cpu": LOAD_CPU,
