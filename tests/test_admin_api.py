@@ -7,6 +7,7 @@ served at ``/admin/openapi.json``. No response ever carries a stored secret hash
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pathlib
 import secrets
@@ -308,7 +309,7 @@ def test_audit_paging_and_verify(server: LiveServer) -> None:
         everything = admin.get("/audit", params={"limit": 1000}).json()
         assert len(everything) >= 5
         assert [r["seq"] for r in everything] == list(range(1, len(everything) + 1))
-        for prev, rec in zip(everything, everything[1:], strict=False):
+        for prev, rec in itertools.pairwise(everything):
             assert rec["prev"] == prev["hash"]
         for rec in everything:
             assert set(rec) == {"seq", "ts", "event", "actor", "subject", "data", "prev", "hash"}

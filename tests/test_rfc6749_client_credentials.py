@@ -245,7 +245,7 @@ def test_no_client_authentication_at_all(server) -> None:
     "Basic " + base64.b64encode(b"no-colon-here").decode(),
     "Basic " + base64.b64encode(b":secret-without-id").decode(),
     "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),  # not UTF-8
-    "Basic ",
+    "Basic =",
 ])
 def test_malformed_basic_header(server, header: str) -> None:
     r = token_request(server, {"grant_type": "client_credentials"}, headers={"Authorization": header})
@@ -297,9 +297,9 @@ def _signed(c: dict[str, Any], server, *, aud: Any = "token_endpoint", **overrid
 BAD_ASSERTIONS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     # RFC 7523 §3 (4): expired (well beyond the 30 s leeway)
     "expired": lambda c, s: _signed(c, s, now=time.time() - 600),
-    # exp further than assertion_max_lifetime (300 s) + leeway (30 s) in the future
-    "exp_too_far": lambda c, s: _signed(c, s, lifetime=400),
-    "exp_one_hour": lambda c, s: _signed(c, s, lifetime=3600),
+    # exp further than assertion_max_lifetime (3600 s) + leeway (30 s) in the future
+    "exp_too_far": lambda c, s: _signed(c, s, lifetime=3700),
+    "exp_one_day": lambda c, s: _signed(c, s, lifetime=86400),
     "exp_missing": lambda c, s: _signed(c, s, exp=None),
     "exp_not_a_number": lambda c, s: _signed(c, s, exp="tomorrow"),
     "jti_missing": lambda c, s: _signed(c, s, jti=None),
@@ -392,6 +392,20 @@ def test_json_body_is_refused(server, basic) -> None:
 def test_missing_content_type_is_refused(server, basic) -> None:
     r = httpx.post(server.token_endpoint, content=b"grant_type=client_credentials", auth=basic["auth"], timeout=10)
     assert_error(r, 400, "invalid_request")
+
+
+def test_repeated_authorization_header_is_refused(server, basic) -> None:
+    good = "Basic " + base64.b64encode(f"{basic['client_id']}:{basic['client_secret']}".encode()).decode()
+    r = httpx.post(server.token_endpoint, content=b"grant_type=client_credentials", timeout=10,
+                   headers=[("Content-Type", FORM["Content-Type"]), ("Authorization", good), ("Authorization", good)])
+    assert_error(r, 400, "invalid_request")
+
+
+def test_token_endpoint_requires_post(server, basic) -> None:
+    """RFC 6749 §3.2: the client MUST use POST; credentials in a query string are never read."""
+    r = httpx.get(server.token_endpoint, params={"grant_type": "client_credentials"}, auth=basic["auth"], timeout=10)
+    assert r.status_code == 405
+    assert "access_token" not in r.text
 
 
 @pytest.mark.parametrize("assertion_type", ["urn:ietf:params:oauth:client-assertion-type:saml2-bearer", None])

@@ -94,10 +94,11 @@ class Settings(BaseModel):
         "a client that has no default_resource. Default: the issuer.",
     )
     assertion_max_lifetime: int = Field(
-        300,
+        3600,
         ge=10,
         le=3600,
-        description="Longest accepted lifetime (exp - now) of a private_key_jwt client assertion, in seconds.",
+        description="Longest accepted lifetime (exp - now) of a private_key_jwt client assertion, in seconds. "
+        "3600 matches common client libraries (Authlib) and Okta's limit; each assertion is single use anyway.",
     )
     leeway: int = Field(30, ge=0, le=300, description="Clock skew tolerated on every time check, in seconds.")
     key_refresh_interval: float = Field(

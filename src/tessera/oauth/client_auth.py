@@ -159,7 +159,8 @@ class ClientAuthenticator:
         if client is None:
             raise InvalidClient("unknown client or bad credentials")
         if client.auth_method != method:
-            raise InvalidClient(f"this client must authenticate with {client.auth_method}", client_id=client.client_id)
+            # Same answer as an unknown client: the caller has not authenticated, so it learns nothing.
+            raise InvalidClient("unknown client or bad credentials", client_id=client.client_id)
         return client
 
     @staticmethod

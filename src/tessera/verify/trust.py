@@ -1,0 +1,409 @@
+"""The relying party's cached trust data for one issuer: signing keys and status lists.
+
+Lessons taken from PyJWT issues #1162/#1051 and jose's ``createRemoteJWKSet``:
+
+- keys come from the issuer's metadata (RFC 8414; its ``issuer`` must equal the configured one
+  exactly) or a pinned ``jwks_uri``, and are refreshed on a soft TTL that honours ``Cache-Control``;
+- an unknown ``kid`` triggers at most one refetch per cooldown, so a flood of made-up ``kid``
+  values costs the issuer nothing;
+- a failed refresh keeps the last good keys until ``keys_max_stale``; past that, verification
+  fails closed (``TrustDataStale``) — never open;
+- a refresh replaces the whole key set, so removed keys stop verifying at the next refresh;
+- a status list is used until its ``ttl`` runs out, then refetched; a failed refetch keeps the old
+  list until ``status_max_age`` (or the list token's ``exp``), then fails closed.
+
+Network access is through httpx clients that the caller can inject (``transport=`` for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tessera.verify.errors import (
+    MalformedToken,
+    StatusUnavailable,
+    TrustDataStale,
+    UnknownKey,
+    WrongIssuer,
+    WrongType,
+)
+from tessera.verify.jws import PublicKey, parse_compact, public_key_from_jwk, verify_signature
+from tessera.verify.status_list import StatusList, decode_status_list
+
+__all__ = ["StatusEntry", "TrustPolicy", "TrustStore"]
+
+log = logging.getLogger("tessera.verify")
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.I)
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    keys_ttl: float = 300.0
+    keys_min_ttl: float = 30.0
+    keys_max_stale: float = 24 * 3600.0
+    unknown_kid_cooldown: float = 30.0
+    status_min_ttl: float = 5.0
+    status_max_age: float = 3600.0
+    max_status_list_bytes: int = 16 * 1024 * 1024
+    leeway: float = 30.0
+    background_refresh: bool = True
+
+
+@dataclass
+class StatusEntry:
+    uri: str
+    status_list: StatusList
+    fetched_at: float
+    ttl: float
+    exp: float | None
+
+
+@dataclass
+class _Keys:
+    keys: list[PublicKey]
+    fetched_at: float
+    refresh_after: float
+
+
+@dataclass
+class TrustStore:
+    issuer: str
+    policy: TrustPolicy
+    now: Callable[[], float]
+    jwks_uri: str | None = None
+    http: httpx.Client | None = None
+    ahttp: httpx.AsyncClient | None = None
+    source: str = "network"
+    _keys: _Keys | None = None
+    _kid_refetch_at: float = float("-inf")
+    _lists: dict[str, StatusEntry] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _refreshing: set[str] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # -- documents ------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_response(r: httpx.Response, what: str) -> None:
+        if r.status_code != 200:
+            raise TrustDataStale(f"{what} answered HTTP {r.status_code}")
+        if len(r.content) > MAX_DOCUMENT_BYTES:
+            raise TrustDataStale(f"{what} is larger than {MAX_DOCUMENT_BYTES} bytes")
+
+    def _ttl(self, r: httpx.Response) -> float:
+        cc = r.headers.get("cache-control", "")
+        m = _MAX_AGE.search(cc)
+        ttl = float(m.group(1)) if m else self.policy.keys_ttl
+        if "no-store" in cc or "no-cache" in cc:
+            ttl = 0
+        return min(max(ttl, self.policy.keys_min_ttl), max(self.policy.keys_ttl, self.policy.keys_min_ttl) * 12)
+
+    def _metadata_url(self) -> str:
+        return self.issuer + "/.well-known/oauth-authorization-server"
+
+    def _jwks_from_metadata(self, meta: Any) -> str:
+        # RFC 8414 §3.3: the issuer in the metadata MUST be identical to the issuer we asked for.
+        if not isinstance(meta, dict) or meta.get("issuer") != self.issuer:
+            raise WrongIssuer("the issuer's metadata names another issuer")
+        uri = meta.get("jwks_uri")
+        if not isinstance(uri, str):
+            raise TrustDataStale("the issuer's metadata has no jwks_uri")
+        return uri
+
+    def _install_keys(self, jwks: Any, ttl: float) -> None:
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise TrustDataStale("the JWKS is not a JWK Set")
+        keys = []
+        for jwk in jwks["keys"][:100]:
+            if isinstance(jwk, dict):
+                try:
+                    keys.append(public_key_from_jwk(jwk))
+                except ValueError:
+                    continue  # a key we cannot use is skipped, not fatal
+        now = self.now()
+        self._keys = _Keys(keys, now, now + ttl)
+
+    def _fetch_keys_sync(self) -> None:
+        http = self.http or httpx.Client(timeout=5.0, follow_redirects=False)
+        try:
+            uri = self.jwks_uri
+            if uri is None:
+                r = http.get(self._metadata_url(), headers={"Accept": "application/json"})
+                self._check_response(r, "issuer metadata")
+                uri = self.jwks_uri = self._jwks_from_metadata(r.json())
+            r = http.get(uri, headers={"Accept": "application/jwk-set+json, application/json"})
+            self._check_response(r, "JWKS")
+            self._install_keys(r.json(), self._ttl(r))
+        except (httpx.HTTPError, ValueError) as e:
+            raise TrustDataStale(f"could not fetch the issuer's keys: {e.__class__.__name__}") from None
+        finally:
+            if self.http is None:
+                http.close()
+
+    async def _fetch_keys_async(self) -> None:
+        http = self.ahttp or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        try:
+            uri = self.jwks_uri
+            if uri is None:
+                r = await http.get(self._metadata_url(), headers={"Accept": "application/json"})
+                self._check_response(r, "issuer metadata")
+                uri = self.jwks_uri = self._jwks_from_metadata(r.json())
+            r = await http.get(uri, headers={"Accept": "application/jwk-set+json, application/json"})
+            self._check_response(r, "JWKS")
+            self._install_keys(r.json(), self._ttl(r))
+        except (httpx.HTTPError, ValueError) as e:
+            raise TrustDataStale(f"could not fetch the issuer's keys: {e.__class__.__name__}") from None
+        finally:
+            if self.ahttp is None:
+                await http.aclose()
+
+    # -- keys ---------------------------------------------------------------------------------------
+    def _select(self, kid: str | None, alg: str) -> list[PublicKey]:
+        assert self._keys is not None
+        return [k for k in self._keys.keys if (kid is None or k.kid == kid) and (k.alg in (None, alg))]
+
+    def _keys_decision(self, kid: str | None, alg: str) -> str:
+        """'ok', 'refresh' (blocking, because data is missing or too old), 'background', or 'kid'."""
+        now = self.now()
+        k = self._keys
+        if k is None or now - k.fetched_at > self.policy.keys_max_stale:
+            return "refresh" if self.source == "network" else "stale"
+        if not self._select(kid, alg):
+            return (
+                "kid"
+                if self.source == "network" and now - self._kid_refetch_at >= self.policy.unknown_kid_cooldown
+                else "unknown"
+            )
+        if now >= k.refresh_after and self.source == "network":
+            return "background" if self.policy.background_refresh else "refresh"
+        return "ok"
+
+    def keys_for_sync(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
+        decision = self._keys_decision(kid, alg)
+        stale = False
+        if decision == "kid":
+            self._kid_refetch_at = self.now()
+        if decision in ("refresh", "kid"):
+            try:
+                self._fetch_keys_sync()
+            except TrustDataStale:
+                stale = True
+        elif decision == "background":
+            stale = True
+            self._background(lambda: self._fetch_keys_sync(), "keys")
+        return self._finish_keys(kid, alg, stale)
+
+    async def keys_for_async(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
+        decision = self._keys_decision(kid, alg)
+        stale = False
+        if decision == "kid":
+            self._kid_refetch_at = self.now()
+        if decision in ("refresh", "kid"):
+            try:
+                await self._fetch_keys_async()
+            except TrustDataStale:
+                stale = True
+        elif decision == "background":
+            stale = True
+            self._abackground(self._fetch_keys_async, "keys")
+        return self._finish_keys(kid, alg, stale)
+
+    def _finish_keys(self, kid: str | None, alg: str, stale: bool) -> tuple[list[PublicKey], float, bool]:
+        k = self._keys
+        now = self.now()
+        if k is None:
+            raise TrustDataStale("no signing keys of the issuer are available")
+        age = now - k.fetched_at
+        if age > self.policy.keys_max_stale:
+            raise TrustDataStale(f"the issuer's keys are {int(age)} s old (limit {int(self.policy.keys_max_stale)} s)")
+        found = self._select(kid, alg)
+        if not found:
+            raise UnknownKey(f"no key {str(kid)[:64]!r} for {alg} among the issuer's published keys")
+        return found, age, stale
+
+    # -- background refresh -----------------------------------------------------------------------------
+    def _background(self, fn: Callable[[], None], what: str) -> None:
+        with self._lock:
+            if what in self._refreshing:
+                return
+            self._refreshing.add(what)
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception as e:  # the next due refresh tries again; limits fail closed meanwhile
+                log.info("background refresh of %s failed: %s", what, e)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(what)
+
+        threading.Thread(target=run, name=f"tessera-verify-refresh-{what}", daemon=True).start()
+
+    def _abackground(self, fn: Callable[[], Any], what: str) -> None:
+        if what in self._refreshing:
+            return
+        self._refreshing.add(what)
+
+        async def run() -> None:
+            try:
+                await fn()
+            except Exception as e:
+                log.info("background refresh of %s failed: %s", what, e)
+            finally:
+                self._refreshing.discard(what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- status lists ---------------------------------------------------------------------------------
+    def install_status_token(
+        self, uri: str, token: str, keys: list[PublicKey] | None = None, fetched_at: float | None = None
+    ) -> StatusEntry:
+        """Verify a status list token for ``uri`` and cache it (draft-ietf-oauth-status-list §8.3)."""
+        if len(token) > self.policy.max_status_list_bytes:
+            raise StatusUnavailable("status list token is too large")
+        try:
+            header, claims, signing_input, signature = parse_compact(token)
+        except MalformedToken as e:
+            raise StatusUnavailable(f"status list token: {e.message}") from None
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ("statuslist+jwt", "application/statuslist+jwt"):
+            raise WrongType("status list token typ must be statuslist+jwt")
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise StatusUnavailable("status list token has no alg")
+        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+        candidates = keys if keys is not None else self.keys_for_sync(kid, alg)[0]
+        last: Exception | None = None
+        for key in candidates[:4]:
+            try:
+                verify_signature(alg, key, signing_input, signature)
+                break
+            except Exception as e:
+                last = e
+        else:
+            raise StatusUnavailable(f"status list token signature: {last}")
+        now = self.now()
+        if claims.get("sub") != uri:
+            raise StatusUnavailable("status list token sub is not the referenced URI")
+        if claims.get("iss", self.issuer) != self.issuer:
+            raise StatusUnavailable("status list token comes from another issuer")
+        iat, exp, ttl = claims.get("iat"), claims.get("exp"), claims.get("ttl")
+        if iat is None or not _num(iat) or iat > now + self.policy.leeway:
+            raise StatusUnavailable("status list token iat is missing or in the future")
+        if exp is not None and (not _num(exp) or exp <= now - self.policy.leeway):
+            raise StatusUnavailable("status list token has expired")
+        if ttl is not None and (not _num(ttl) or ttl <= 0):
+            raise StatusUnavailable("status list token ttl must be a positive number")
+        sl = claims.get("status_list")
+        if not isinstance(sl, dict):
+            raise StatusUnavailable("status list token has no status_list")
+        decoded = decode_status_list(sl.get("bits"), sl.get("lst"), self.policy.max_status_list_bytes)
+        entry = StatusEntry(
+            uri,
+            decoded,
+            now if fetched_at is None else fetched_at,
+            max(float(ttl) if ttl is not None else self.policy.status_min_ttl, self.policy.status_min_ttl),
+            float(exp) if exp is not None else None,
+        )
+        self._lists[uri] = entry
+        return entry
+
+    def _status_decision(self, uri: str) -> str:
+        e = self._lists.get(uri)
+        if e is None:
+            return "refresh" if self.source == "network" else "missing"
+        now = self.now()
+        if self.source != "network":
+            return "ok"
+        if now >= e.fetched_at + e.ttl or (e.exp is not None and now >= e.exp):
+            return "refresh"
+        if self.policy.background_refresh and now >= e.fetched_at + 0.8 * e.ttl:
+            return "background"
+        return "ok"
+
+    def _fetch_status_sync(self, uri: str) -> None:
+        http = self.http or httpx.Client(timeout=5.0, follow_redirects=False)
+        try:
+            r = http.get(uri, headers={"Accept": "application/statuslist+jwt"})
+            if r.status_code != 200 or len(r.content) > self.policy.max_status_list_bytes:
+                raise StatusUnavailable(f"status list answered HTTP {r.status_code}")
+            token = r.text.strip()
+        except httpx.HTTPError as e:
+            raise StatusUnavailable(f"could not fetch the status list: {e.__class__.__name__}") from None
+        finally:
+            if self.http is None:
+                http.close()
+        self.install_status_token(uri, token)
+
+    async def _fetch_status_async(self, uri: str) -> None:
+        http = self.ahttp or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        try:
+            r = await http.get(uri, headers={"Accept": "application/statuslist+jwt"})
+            if r.status_code != 200 or len(r.content) > self.policy.max_status_list_bytes:
+                raise StatusUnavailable(f"status list answered HTTP {r.status_code}")
+            token = r.text.strip()
+        except httpx.HTTPError as e:
+            raise StatusUnavailable(f"could not fetch the status list: {e.__class__.__name__}") from None
+        finally:
+            if self.ahttp is None:
+                await http.aclose()
+        header = parse_compact(token)[0] if token.count(".") == 2 else {}
+        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+        alg = header.get("alg") if isinstance(header.get("alg"), str) else "ES256"
+        keys = (await self.keys_for_async(kid, str(alg)))[0]
+        self.install_status_token(uri, token, keys=keys)
+
+    def status_sync(self, uri: str) -> tuple[StatusEntry, bool]:
+        decision = self._status_decision(uri)
+        if decision == "refresh":
+            try:
+                self._fetch_status_sync(uri)
+            except (StatusUnavailable, TrustDataStale, UnknownKey, WrongType):
+                if uri not in self._lists:
+                    raise
+        elif decision == "background":
+            self._background(lambda: self._fetch_status_sync(uri), "status:" + uri)
+        return self._finish_status(uri)
+
+    async def status_async(self, uri: str) -> tuple[StatusEntry, bool]:
+        decision = self._status_decision(uri)
+        if decision == "refresh":
+            try:
+                await self._fetch_status_async(uri)
+            except (StatusUnavailable, TrustDataStale, UnknownKey, WrongType):
+                if uri not in self._lists:
+                    raise
+        elif decision == "background":
+            self._abackground(lambda: self._fetch_status_async(uri), "status:" + uri)
+        return self._finish_status(uri)
+
+    def _finish_status(self, uri: str) -> tuple[StatusEntry, bool]:
+        e = self._lists.get(uri)
+        if e is None:
+            raise StatusUnavailable("the token's status list is not available")
+        now = self.now()
+        if e.exp is not None and now >= e.exp + self.policy.leeway:
+            raise TrustDataStale("the cached status list has expired and could not be refreshed")
+        if now - e.fetched_at > self.policy.status_max_age:
+            raise TrustDataStale(
+                f"the status list is {int(now - e.fetched_at)} s old (limit {int(self.policy.status_max_age)} s)"
+            )
+        return e, now >= e.fetched_at + e.ttl
+
+    @property
+    def keys_fetched_at(self) -> float | None:
+        return self._keys.fetched_at if self._keys else None
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e12

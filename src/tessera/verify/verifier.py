@@ -1,0 +1,273 @@
+"""``Verifier``: local verification of Tessera access tokens (RFC 9068, RFC 8725).
+
+Issuer, audiences and algorithms are required configuration, never taken from the token. Order of
+checks: size → structure → header (alg allow-list, ``typ``, no ``crit``/``jku``/``jwk``/``x5u``/
+``x5c``) → key (by ``kid``, among the pinned issuer's keys only) → signature → issuer → audience →
+times (one ``leeway`` for every check) → required claims → delegation (``act``) → status list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+
+from tessera.verify.errors import (
+    BadSignature,
+    DelegationRefused,
+    Expired,
+    IssuedInFuture,
+    MalformedToken,
+    MissingClaim,
+    NotYetValid,
+    Revoked,
+    StatusUnavailable,
+    Suspended,
+    TokenTooLarge,
+    TooOld,
+    UnsupportedAlgorithm,
+    VerificationError,
+    WrongAudience,
+    WrongIssuer,
+    WrongType,
+)
+from tessera.verify.jws import ALGORITHMS, PublicKey, parse_compact, verify_signature
+from tessera.verify.report import Report
+from tessera.verify.status_list import INVALID, SUSPENDED, VALID
+from tessera.verify.trust import TrustPolicy, TrustStore
+
+__all__ = ["Claims", "Verifier"]
+
+_FORBIDDEN_HEADERS = ("crit", "jku", "jwk", "x5u", "x5c")
+_MAX_TIME = 1e11  # year 5138: beyond it a "time" is an attack on arithmetic, not a date
+
+
+class Claims(dict[str, Any]):
+    """The verified claims, with the trust-data report of the decision."""
+
+    report: Report
+
+    def __init__(self, claims: dict[str, Any], report: Report) -> None:
+        super().__init__(claims)
+        self.report = report
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and -_MAX_TIME < v < _MAX_TIME
+
+
+class Verifier:
+    """Verifies tokens of one issuer, locally. Thread-safe for ``verify``; use ``averify`` in async code.
+
+    ``keys_max_stale`` and ``status_max_age`` bound how old the cached trust data may be when the
+    issuer cannot be reached; past them every verification fails closed with ``TrustDataStale``.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        audiences: Iterable[str],
+        algorithms: Iterable[str] = ("ES256",),
+        typ: str | None = "at+jwt",
+        leeway: float = 30.0,
+        max_token_age: float | None = None,
+        required_claims: Iterable[str] = ("iss", "sub", "aud", "exp", "iat", "jti"),
+        max_act_depth: int = 0,
+        allowed_actors: Iterable[str] | None = None,
+        require_status: bool = False,
+        status_uri_prefix: str | None = None,
+        jwks_uri: str | None = None,
+        keys_ttl: float = 300.0,
+        keys_max_stale: float = 24 * 3600.0,
+        unknown_kid_cooldown: float = 30.0,
+        status_max_age: float = 3600.0,
+        max_token_bytes: int = 16 * 1024,
+        max_status_list_bytes: int = 16 * 1024 * 1024,
+        background_refresh: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not issuer or issuer.endswith("/"):
+            raise ValueError("issuer must be the exact issuer identifier (no trailing '/')")
+        self.issuer = issuer
+        self.audiences = frozenset(audiences)
+        if not self.audiences:
+            raise ValueError("at least one accepted audience is required")
+        self.algorithms = frozenset(algorithms)
+        bad = self.algorithms - ALGORITHMS
+        if bad or not self.algorithms:
+            raise ValueError(f"algorithms must be a non-empty subset of {sorted(ALGORITHMS)}; got {sorted(bad)}")
+        self.typ = typ.lower() if typ else None
+        self.leeway = float(leeway)
+        self.max_token_age = max_token_age
+        self.required_claims = tuple(required_claims)
+        self.max_act_depth = max_act_depth
+        self.allowed_actors = frozenset(allowed_actors) if allowed_actors is not None else None
+        self.require_status = require_status
+        self.status_uri_prefix = status_uri_prefix or issuer + "/"
+        self.max_token_bytes = max_token_bytes
+        self._clock = clock
+        policy = TrustPolicy(
+            keys_ttl=keys_ttl,
+            keys_max_stale=keys_max_stale,
+            unknown_kid_cooldown=unknown_kid_cooldown,
+            status_max_age=status_max_age,
+            max_status_list_bytes=max_status_list_bytes,
+            leeway=leeway,
+            background_refresh=background_refresh,
+        )
+        self.trust = TrustStore(
+            issuer,
+            policy,
+            clock,
+            jwks_uri=jwks_uri,
+            http=httpx.Client(transport=transport, timeout=5.0, follow_redirects=False),
+            ahttp=httpx.AsyncClient(transport=async_transport, timeout=5.0, follow_redirects=False),
+        )
+
+    # -- public API -------------------------------------------------------------------------------------
+    def verify(self, token: str) -> Claims:
+        """The token's claims, or a ``VerificationError`` naming the reason."""
+        _header, claims, signing_input, signature, alg, kid = self._parse(token)
+        keys, keys_age, stale = self.trust.keys_for_sync(kid, alg)
+        self._check_signature(alg, keys, signing_input, signature)
+        self._check_claims(claims)
+        status_age = None
+        ref = self._status_reference(claims)
+        if ref is not None:
+            entry, status_stale = self.trust.status_sync(ref[0])
+            status_age, stale = self._clock() - entry.fetched_at, stale or status_stale
+            self._check_status(entry.status_list.get(ref[1]))
+        return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
+
+    async def averify(self, token: str) -> Claims:
+        _header, claims, signing_input, signature, alg, kid = self._parse(token)
+        keys, keys_age, stale = await self.trust.keys_for_async(kid, alg)
+        self._check_signature(alg, keys, signing_input, signature)
+        self._check_claims(claims)
+        status_age = None
+        ref = self._status_reference(claims)
+        if ref is not None:
+            entry, status_stale = await self.trust.status_async(ref[0])
+            status_age, stale = self._clock() - entry.fetched_at, stale or status_stale
+            self._check_status(entry.status_list.get(ref[1]))
+        return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
+
+    def warm(self) -> None:
+        """Fetch the issuer's keys now (call at start-up so the first request does not wait)."""
+        self.trust._fetch_keys_sync()
+
+    def close(self) -> None:
+        if self.trust.http is not None:
+            self.trust.http.close()
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def _parse(self, token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes, str, str | None]:
+        if not isinstance(token, str):
+            raise MalformedToken("the token must be a string")
+        if len(token) > self.max_token_bytes:
+            raise TokenTooLarge(f"tokens larger than {self.max_token_bytes} bytes are refused")
+        header, claims, signing_input, signature = parse_compact(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            # RFC 8725 §3.1: only the algorithms this relying party allows; never 'none', never HMAC.
+            raise UnsupportedAlgorithm(f"alg {str(alg)[:20]!r} is not accepted")
+        for name in _FORBIDDEN_HEADERS:
+            if name in header:
+                raise MalformedToken(f"header parameter {name!r} is not accepted")
+        if self.typ is not None:
+            typ = header.get("typ")
+            # RFC 9068 §4 / RFC 8725 §3.11: explicit typing; "application/" prefix allowed.
+            if not isinstance(typ, str) or typ.lower().removeprefix("application/") != self.typ:
+                raise WrongType(f"typ must be {self.typ}")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
+            raise MalformedToken("kid must be a short string")
+        return header, claims, signing_input, signature, alg, kid
+
+    @staticmethod
+    def _check_signature(alg: str, keys: list[PublicKey], signing_input: bytes, signature: bytes) -> None:
+        error: VerificationError = BadSignature("the signature does not verify")
+        for key in keys[:4]:
+            try:
+                verify_signature(alg, key, signing_input, signature)
+                return
+            except BadSignature as e:
+                error = e
+        raise error
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        now = self._clock()
+        if claims.get("iss") != self.issuer:
+            raise WrongIssuer("iss is not the configured issuer")
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else aud
+        if not isinstance(auds, list) or not auds or not all(isinstance(a, str) for a in auds):
+            raise WrongAudience("aud must be a string or an array of strings")
+        if not self.audiences.intersection(auds):
+            raise WrongAudience("the token is not for this audience")
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _num(claims[name]):
+                raise MalformedToken(f"{name} must be a number of seconds")
+        exp = claims.get("exp")
+        if exp is None:
+            raise MissingClaim("exp is required")
+        if now >= exp + self.leeway:
+            raise Expired("the token has expired")
+        nbf = claims.get("nbf")
+        if nbf is not None and nbf > now + self.leeway:
+            raise NotYetValid("the token is not valid yet (nbf)")
+        iat = claims.get("iat")
+        if iat is not None and iat > now + self.leeway:
+            raise IssuedInFuture("the token was issued in the future (iat)")
+        if self.max_token_age is not None:
+            if iat is None:
+                raise MissingClaim("iat is required to enforce max_token_age")
+            if now - iat > self.max_token_age + self.leeway:
+                raise TooOld(f"the token is older than {self.max_token_age} s")
+        for name in self.required_claims:
+            if name not in claims:
+                raise MissingClaim(f"{name} is required")
+        self._check_delegation(claims.get("act"))
+
+    def _check_delegation(self, act: Any) -> None:
+        depth = 0
+        while act is not None:
+            depth += 1
+            if not isinstance(act, dict) or not isinstance(act.get("sub"), str):
+                raise MalformedToken("act must be an object with a sub")
+            if depth > self.max_act_depth:
+                raise DelegationRefused(f"delegation deeper than {self.max_act_depth} is refused")
+            if self.allowed_actors is not None and act["sub"] not in self.allowed_actors:
+                raise DelegationRefused("an actor in the delegation chain is not allowed")
+            act = act.get("act")
+
+    def _status_reference(self, claims: dict[str, Any]) -> tuple[str, int] | None:
+        status = claims.get("status")
+        if status is None:
+            if self.require_status:
+                raise StatusUnavailable("the token has no status entry and this relying party requires one")
+            return None
+        ref = status.get("status_list") if isinstance(status, dict) else None
+        if not isinstance(ref, dict):
+            raise StatusUnavailable("status.status_list must be an object with idx and uri")
+        uri, idx = ref.get("uri"), ref.get("idx")
+        if not isinstance(uri, str) or not uri.startswith(self.status_uri_prefix):
+            raise StatusUnavailable("the status list URI is not one of the issuer's")
+        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+            raise StatusUnavailable("status_list.idx must be a non-negative integer")
+        return uri, idx
+
+    @staticmethod
+    def _check_status(value: int) -> None:
+        if value == VALID:
+            return
+        if value == INVALID:
+            raise Revoked("the token has been revoked")
+        if value == SUSPENDED:
+            raise Suspended("the token is suspended")
+        raise StatusUnavailable(f"the token's status is {value:#04x}, which this relying party does not accept")
