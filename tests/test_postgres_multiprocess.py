@@ -79,19 +79,28 @@ def test_two_processes_issue_tokens_concurrently(cluster: tuple[LiveServer, Live
     jwt_client = a.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "k1")]},
                             scope="read")
     aud = a.issuer + "/oauth/token"  # the issuer both processes share
+    local = threading.local()
+    opened: list[httpx.Client] = []
 
     def request(i: int) -> httpx.Response:
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(timeout=30)
+            opened.append(local.http)
         srv = (a, b)[i % 2]
         if (i // 2) % 2:
             assertion = client_assertion(key, jwt_client["client_id"], aud)
-            return httpx.post(srv.token_endpoint, timeout=30, data={
+            return local.http.post(srv.token_endpoint, data={
                 "grant_type": "client_credentials", "scope": "read", "client_assertion_type": ASSERTION_TYPE,
                 "client_assertion": assertion})
-        return httpx.post(srv.token_endpoint, data={"grant_type": "client_credentials", "scope": "read"},
-                          auth=(secret_client["client_id"], secret_client["client_secret"]), timeout=30)
+        return local.http.post(srv.token_endpoint, data={"grant_type": "client_credentials", "scope": "read"},
+                               auth=(secret_client["client_id"], secret_client["client_secret"]))
 
-    with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(request, range(300)))
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(request, range(300)))
+    finally:
+        for http in opened:
+            http.close()
     assert [r.status_code for r in responses] == [200] * 300, [r.text for r in responses if r.status_code != 200][:3]
 
     tokens = [r.json()["access_token"] for r in responses]

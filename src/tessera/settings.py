@@ -161,6 +161,8 @@ class Settings(BaseModel):
         for k in ("kek", "admin_token", "registration_token"):
             if out.get(k):
                 out[k] = "***"
+        secret_keys = ("client_secret", "client_secret_sha256")
+        out["clients"] = [{k: "***" if k in secret_keys and v else v for k, v in c.items()} for c in out["clients"]]
         if "@" in out["database_url"]:
             scheme, rest = out["database_url"].split("://", 1)
             out["database_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -27,13 +27,23 @@ def _runtime(migrate: bool = True) -> Runtime:
     return open_runtime(load_settings(), migrate=migrate)
 
 
-def _fail(msg: str, code: int = 1) -> None:
+def _fail(msg: str, code: int = 1) -> NoReturn:
     click.echo(f"tessera: {msg}", err=True)
     sys.exit(code)
 
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _json_option(text: str, option: str, *, want_object: bool = False) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise click.BadParameter(f"not valid JSON ({e})", param_hint=option) from None
+    if want_object and not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return value
 
 
 class _Group(click.Group):
@@ -185,10 +195,10 @@ def clients_add(
     from tessera.runtime import client_policy
     from tessera.store.sql import repo
 
-    md: dict[str, Any] = json.loads(metadata_json) if metadata_json else {}
+    md: dict[str, Any] = _json_option(metadata_json, "--metadata", want_object=True) if metadata_json else {}
     md.update({"grant_types": md.get("grant_types", ["client_credentials"]), "token_endpoint_auth_method": auth_method})
     if jwks_file:
-        md["jwks"] = json.loads(Path(jwks_file).read_text())
+        md["jwks"] = _json_option(Path(jwks_file).read_text(), "--jwks-file")
     if jwks_uri:
         md["jwks_uri"] = jwks_uri
     if scope:
@@ -258,10 +268,11 @@ def clients_remove(client_id: str) -> None:
 
     rt = _runtime()
     try:
-        gone = rt.store.write(
-            lambda c: repo.delete_client(c, client_id),
-            [AuditEvent("client.deleted", actor="cli", subject=client_id, data={"via": "cli"})],
-        )
+        with rt.store.transaction() as conn:  # the audit record only for a client that was there
+            gone = repo.delete_client(conn, client_id)
+            if gone:
+                event = AuditEvent("client.deleted", actor="cli", subject=client_id, data={"via": "cli"})
+                repo.append_audit(conn, [event], rt.store.now_ms())
         if not gone:
             _fail(f"no client {client_id}")
         click.echo(f"removed {client_id}")
@@ -390,3 +401,64 @@ def audit_export(output: str | None, after: int) -> None:
                 out.flush()
     finally:
         rt.close()
+
+
+# -- verify (relying-party side: needs only the base install) -----------------------------------------
+@main.command("verify")
+@click.argument("token")
+@click.option("--issuer", envvar="TESSERA_ISSUER", required=True, help="The issuer identifier (or TESSERA_ISSUER).")
+@click.option("--audience", "audiences", multiple=True, required=True, help="An accepted audience; repeat.")
+@click.option(
+    "--alg", "algorithms", multiple=True, default=("ES256",), show_default=True, help="An accepted algorithm; repeat."
+)
+@click.option("--typ", default="at+jwt", show_default=True, help="Required JOSE typ ('' to skip).")
+@click.option(
+    "--bundle",
+    "bundle_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Verify offline from a trust bundle (needs --trusted-jwks).",
+)
+@click.option(
+    "--trusted-jwks", type=click.Path(exists=True, dir_okay=False), help="JWK Set trusted to sign the bundle."
+)
+def verify_token(
+    token: str,
+    issuer: str,
+    audiences: tuple[str, ...],
+    algorithms: tuple[str, ...],
+    typ: str,
+    bundle_file: str | None,
+    trusted_jwks: str | None,
+) -> None:
+    """Verify TOKEN ('-' reads it from standard input) as a relying party would, locally.
+
+    Prints the claims and what the decision was based on (keys and status list ages), or the precise
+    reason for refusal with exit code 1.
+    """
+    from tessera.verify import VerificationError, Verifier
+
+    if token == "-":
+        token = sys.stdin.read().strip()
+    options: dict[str, Any] = {
+        "audiences": audiences,
+        "algorithms": algorithms,
+        "typ": typ or None,
+        "background_refresh": False,
+    }
+    try:
+        if bundle_file:
+            if not trusted_jwks:
+                _fail("--bundle needs --trusted-jwks", 2)
+            verifier = Verifier.from_bundle(
+                Path(bundle_file).read_text(),
+                issuer=issuer,
+                trusted_jwks=json.loads(Path(trusted_jwks).read_text()),
+                **options,
+            )
+        else:
+            verifier = Verifier(issuer, **options)
+        claims = verifier.verify(token)
+    except VerificationError as e:
+        click.echo(json.dumps({"valid": False, "reason": e.reason, "detail": e.message}), err=False)
+        sys.exit(1)
+    _echo_json({"valid": True, "claims": dict(claims), "report": claims.report.as_dict()})

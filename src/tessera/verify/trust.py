@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from tessera.verify.bundle import Bundle
 from tessera.verify.errors import (
     MalformedToken,
     StatusUnavailable,
@@ -89,6 +90,7 @@ class TrustStore:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _refreshing: set[str] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    bundle_exp: float | None = None
 
     # -- documents ------------------------------------------------------------------------------------
     @staticmethod
@@ -174,7 +176,7 @@ class TrustStore:
         """'ok', 'refresh' (blocking, because data is missing or too old), 'background', or 'kid'."""
         now = self.now()
         k = self._keys
-        if k is None or now - k.fetched_at > self.policy.keys_max_stale:
+        if k is None or (self.source == "network" and now - k.fetched_at > self.policy.keys_max_stale):
             return "refresh" if self.source == "network" else "stale"
         if not self._select(kid, alg):
             return (
@@ -219,10 +221,12 @@ class TrustStore:
     def _finish_keys(self, kid: str | None, alg: str, stale: bool) -> tuple[list[PublicKey], float, bool]:
         k = self._keys
         now = self.now()
+        if self.bundle_exp is not None and now >= self.bundle_exp:
+            raise TrustDataStale("the trust bundle has expired")
         if k is None:
             raise TrustDataStale("no signing keys of the issuer are available")
         age = now - k.fetched_at
-        if age > self.policy.keys_max_stale:
+        if self.bundle_exp is None and age > self.policy.keys_max_stale:
             raise TrustDataStale(f"the issuer's keys are {int(age)} s old (limit {int(self.policy.keys_max_stale)} s)")
         found = self._select(kid, alg)
         if not found:
@@ -394,11 +398,23 @@ class TrustStore:
         now = self.now()
         if e.exp is not None and now >= e.exp + self.policy.leeway:
             raise TrustDataStale("the cached status list has expired and could not be refreshed")
-        if now - e.fetched_at > self.policy.status_max_age:
+        if self.bundle_exp is None and now - e.fetched_at > self.policy.status_max_age:
             raise TrustDataStale(
                 f"the status list is {int(now - e.fetched_at)} s old (limit {int(self.policy.status_max_age)} s)"
             )
         return e, now >= e.fetched_at + e.ttl
+
+    def load_bundle(self, bundle: Bundle) -> None:
+        """Serve keys and status lists from a verified trust bundle only; no network access."""
+        self.source = "bundle"
+        self.bundle_exp = bundle.exp
+        self._install_keys(bundle.jwks, ttl=max(bundle.exp - self.now(), 0))
+        self._keys = _Keys(self._keys.keys if self._keys else [], bundle.iat, bundle.exp)
+        for uri, token in bundle.status_lists.items():
+            header = parse_compact(token)[0]
+            kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+            keys = self._select(kid, str(header.get("alg", "")))
+            self.install_status_token(uri, token, keys=keys, fetched_at=bundle.iat)
 
     @property
     def keys_fetched_at(self) -> float | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from tessera.verify.bundle import read_bundle
 from tessera.verify.errors import (
     BadSignature,
     DelegationRefused,
@@ -128,6 +129,21 @@ class Verifier:
             http=httpx.Client(transport=transport, timeout=5.0, follow_redirects=False),
             ahttp=httpx.AsyncClient(transport=async_transport, timeout=5.0, follow_redirects=False),
         )
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: str, *, issuer: str, trusted_jwks: dict[str, Any], audiences: Iterable[str], **options: Any
+    ) -> Verifier:
+        """A verifier that never touches the network: keys and status lists come from a trust bundle
+        (see ``tessera.verify.bundle``), verified with ``trusted_jwks``. Verification fails closed
+        with ``TrustDataStale`` once the bundle's ``exp`` has passed."""
+        clock = options.get("clock", time.time)
+        parsed = read_bundle(
+            bundle, issuer=issuer, trusted_jwks=trusted_jwks, now=clock(), leeway=options.get("leeway", 30.0)
+        )
+        verifier = cls(issuer, audiences=audiences, **options)
+        verifier.trust.load_bundle(parsed)
+        return verifier
 
     # -- public API -------------------------------------------------------------------------------------
     def verify(self, token: str) -> Claims:
