@@ -16,12 +16,14 @@ from tessera.audit import AuditEvent
 from tessera.clock import Clock, SystemClock
 from tessera.oauth.clients import SECRET_METHODS, Client, ClientPolicy, hash_secret, validate_metadata
 from tessera.oauth.errors import OAuthError
+from tessera.oauth.endpoints.discovery import metadata
 from tessera.oauth.keys import KEK, KekError
+from tessera.oauth.revocation import TokenSelector, revocation_event
 from tessera.settings import Settings, SettingsError
 from tessera.store.sql import repo
 from tessera.store.sql.store import SqlStore
 
-__all__ = ["SUPPORTED_GRANTS", "Runtime", "client_policy", "open_runtime"]
+__all__ = ["SUPPORTED_GRANTS", "Runtime", "client_policy", "open_runtime", "server_metadata"]
 
 log = logging.getLogger("tessera")
 SUPPORTED_GRANTS = ("client_credentials",)
@@ -29,6 +31,17 @@ SUPPORTED_GRANTS = ("client_credentials",)
 
 def client_policy(settings: Settings) -> ClientPolicy:
     return ClientPolicy(grant_types=SUPPORTED_GRANTS, max_token_lifetime=settings.access_token_lifetime)
+
+
+def server_metadata(settings: Settings) -> dict[str, Any]:
+    """The RFC 8414 metadata document, as served and as put in trust bundles."""
+    return metadata(
+        issuer=settings.issuer,
+        grant_types=SUPPORTED_GRANTS,
+        signing_algs=settings.signing_algs,
+        registration=bool(settings.registration_token),
+        status_lists=settings.status_lists,
+    )
 
 
 @dataclass
@@ -114,10 +127,14 @@ def sync_declared_clients(settings: Settings, store: SqlStore) -> None:
                 events.append(
                     AuditEvent("client.updated", actor="config", subject=cid, data={"metadata": want.metadata})
                 )
+        now_s = int(store.clock.now())
         for cid, have in existing.items():
             if have.source == "config" and cid not in declared:
                 repo.delete_client(conn, cid)
                 events.append(AuditEvent("client.deleted", actor="config", subject=cid, data={"via": "config"}))
+                selector = TokenSelector(client_id=cid)
+                revoked = repo.revoke_tokens(conn, selector, now_s, now_s - settings.leeway)
+                events.append(revocation_event(selector, revoked, actor="config", via="config"))
         repo.append_audit(conn, events, store.now_ms())
 
 
@@ -126,7 +143,9 @@ def open_runtime(
 ) -> Runtime:
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(settings.database_url, clock, client_cache_ttl=settings.client_cache_ttl)
+    store = SqlStore(
+        settings.database_url, clock, client_cache_ttl=settings.client_cache_ttl, leeway=settings.leeway
+    )
     try:
         if migrate:
             store.migrate()

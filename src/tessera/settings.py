@@ -115,6 +115,32 @@ class Settings(BaseModel):
         description="How long a process caches a client's "
         "registration; a change made by another process is seen within this time.",
     )
+    status_lists: bool = Field(
+        True,
+        description="Give access tokens a `status` claim (draft-ietf-oauth-status-list) and publish signed status "
+        "lists at /oauth/status/{list_id}, so that relying parties see revocations without calling home.",
+    )
+    status_list_min_lifetime: int = Field(
+        0,
+        ge=0,
+        le=86400,
+        description="Only tokens living at least this many seconds get a status list entry (shorter-lived "
+        "tokens can only be revoked by expiring). 0: every token.",
+    )
+    status_list_ttl: int = Field(
+        60,
+        ge=1,
+        le=86400,
+        description="Seconds a relying party may cache a status list (its `ttl` claim and Cache-Control max-age); "
+        "the list token expires 10 ttl after it was signed.",
+    )
+    status_list_size: int = Field(
+        131072,
+        ge=1024,
+        le=1 << 24,
+        description="Entries per status list (2 bits each), a multiple of 1024. Indices are random and never reused; "
+        "a new list starts when one is full.",
+    )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     clients: list[dict[str, Any]] = Field(
@@ -131,6 +157,13 @@ class Settings(BaseModel):
         bad = [a for a in v if a not in allowed]
         if bad or not v or len(set(v)) != len(v):
             raise ValueError(f"must be a non-empty list of distinct values from {sorted(allowed)}, got {v}")
+        return v
+
+    @field_validator("status_list_size")
+    @classmethod
+    def _list_size(cls, v: int) -> int:
+        if v % 1024:
+            raise ValueError("must be a multiple of 1024")
         return v
 
     @field_validator("log_level")

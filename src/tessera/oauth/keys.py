@@ -7,6 +7,8 @@
   ``remove_after = retired_at + longest token lifetime + key refresh interval + leeway`` (another
   server process may go on signing with it until its next key reload).
 - A **removed** key is gone from the JWKS and its private half is erased.
+- A **revoked** key (compromised) is removed at once, whatever its state; if it was active, the
+  next key is promoted first so that signing goes on. The tokens it signed are revoked by the store.
 
 Private keys are sealed with AES-256-GCM under the key-encryption key (KEK); the ``kid`` is the
 associated data, so a sealed blob cannot be swapped between key rows.
@@ -18,11 +20,13 @@ import base64
 import binascii
 import enum
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from joserfc.jwk import JWKRegistry
 
 from tessera.oauth.jws import (
     PrivateKey,
@@ -43,6 +47,7 @@ __all__ = [
     "SigningKey",
     "new_key",
     "plan_bootstrap",
+    "plan_revocation",
     "plan_rotation",
     "plan_sweep",
     "removal_time",
@@ -159,6 +164,7 @@ class KeyRing:
 
     active: dict[str, SigningKey] = field(default_factory=dict)
     jwks: dict[str, list[dict[str, str]]] = field(default_factory=lambda: {"keys": []})
+    _verifiers: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_records(cls, records: list[KeyRecord], kek: KEK, now: int) -> KeyRing:
@@ -188,6 +194,21 @@ class KeyRing:
         if key is None:
             raise LookupError(f"no active {alg} signing key")
         return key
+
+    def verifier(self, kid: object) -> tuple[str, Any] | None:
+        """(alg, joserfc key) of a published key, to check tokens this server signed; None if not published."""
+        if not isinstance(kid, str):
+            return None
+        hit = self._verifiers.get(kid)
+        if hit is None:
+            jwk = next((k for k in self.jwks["keys"] if k["kid"] == kid), None)
+            if jwk is None:
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # joserfc flags "EdDSA" as superseded by RFC 9864
+                hit = (jwk["alg"], JWKRegistry.import_key(dict(jwk)))
+            self._verifiers[kid] = hit
+        return hit
 
 
 @dataclass(frozen=True)
@@ -265,3 +286,36 @@ def plan_sweep(records: list[KeyRecord], now: int) -> KeyPlan:
             updates.append(replace(r, state=KeyState.REMOVED, removed_at=now, sealed_private=None))
             events.append(("key.removed", {"kid": r.kid, "alg": r.alg}))
     return KeyPlan([], updates, events)
+
+
+def plan_revocation(records: list[KeyRecord], kid: str, kek: KEK, now: int) -> KeyPlan:
+    """A compromised key is removed at once: unpublished, its private half erased, whatever its state.
+
+    If it was the active key of its algorithm, the next key is promoted (or a new one is made) before
+    it goes, so that signing continues, and a new next key is published. Raises LookupError if the key
+    is unknown or already removed.
+    """
+    target = next((r for r in records if r.kid == kid), None)
+    if target is None or target.state is KeyState.REMOVED:
+        raise LookupError(f"no signing key {kid!r} that is not already removed")
+    alg = target.alg
+    inserts: list[KeyRecord] = []
+    updates = [replace(target, state=KeyState.REMOVED, removed_at=now, sealed_private=None)]
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("key.revoked", {"kid": kid, "alg": alg, "previous_state": target.state.value})
+    ]
+    nxt = next((r for r in records if r.alg == alg and r.state is KeyState.NEXT and r.kid != kid), None)
+    if target.state is KeyState.ACTIVE:
+        if nxt is None:
+            promoted = new_key(alg, KeyState.ACTIVE, kek, now)
+            inserts.append(promoted)
+        else:
+            promoted = replace(nxt, state=KeyState.ACTIVE, activated_at=now)
+            updates.append(promoted)
+        events.append(("key.activated", {"kid": promoted.kid, "alg": alg}))
+        nxt = None
+    if target.state in (KeyState.ACTIVE, KeyState.NEXT) and nxt is None:
+        fresh = new_key(alg, KeyState.NEXT, kek, now)
+        inserts.append(fresh)
+        events.append(("key.created", {"kid": fresh.kid, "alg": alg, "state": "next"}))
+    return KeyPlan(inserts, updates, events)

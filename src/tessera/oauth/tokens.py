@@ -3,18 +3,32 @@
 RFC 9068 §2.1: the header ``typ`` MUST be ``at+jwt``. §2.2: ``iss``, ``exp``, ``aud``, ``sub``,
 ``client_id``, ``iat`` and ``jti`` are REQUIRED. For ``client_credentials`` the subject is the
 client itself (§2.2, "sub ... the client identifier when the grant has no resource owner").
+
+A token with a status list entry also carries the ``status`` claim of draft-ietf-oauth-status-list
+§6.2 (see ``status_entries.py``). ``read_access_token`` recognises a token this server signed
+(revocation, introspection, operator revocation); anything else is ``NotOurToken``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessera.oauth.jws import sign_compact
-from tessera.oauth.keys import SigningKey
-from tessera.oauth.randomness import random_id
+from joserfc import jwt
+from joserfc.errors import JoseError
 
-__all__ = ["AccessToken", "IssuedToken", "mint_access_token", "new_jti"]
+from tessera.oauth.jws import sign_compact
+from tessera.oauth.keys import KeyRing, SigningKey
+from tessera.oauth.randomness import random_id
+from tessera.oauth.status_entries import StatusEntry
+
+__all__ = ["AccessToken", "IssuedToken", "NotOurToken", "mint_access_token", "new_jti", "read_access_token"]
+
+MAX_TOKEN_BYTES = 8192
 
 
 def new_jti() -> str:
@@ -34,6 +48,11 @@ class IssuedToken:
     grant_type: str
     iat: int
     exp: int
+    status_list: int | None = None
+    status_idx: int | None = None
+    #: Status Type (draft-ietf-oauth-status-list §7): 0 VALID, 1 INVALID (revoked).
+    status: int = 0
+    revoked_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,7 @@ def mint_access_token(
     lifetime: int,
     grant_type: str,
     extra: dict[str, Any] | None = None,
+    status: StatusEntry | None = None,
 ) -> AccessToken:
     jti = new_jti()
     claims: dict[str, Any] = {
@@ -70,6 +90,8 @@ def mint_access_token(
         claims["scope"] = " ".join(scope)
     if extra:
         claims.update(extra)
+    if status is not None:
+        claims["status"] = status.claim(issuer)
     header = {"alg": key.alg, "typ": "at+jwt", "kid": key.kid}
     value = sign_compact(header, claims, key.private)
     record = IssuedToken(
@@ -82,5 +104,44 @@ def mint_access_token(
         grant_type=grant_type,
         iat=now,
         exp=now + lifetime,
+        status_list=status.list_id if status else None,
+        status_idx=status.idx if status else None,
     )
     return AccessToken(value, record, claims)
+
+
+class NotOurToken(Exception):
+    """The value is not an access token this server signed with a key it still publishes."""
+
+
+def _segment(part: str) -> dict[str, Any]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (binascii.Error, ValueError) as e:
+        raise NotOurToken("not a JWT") from e
+    if not isinstance(value, dict):
+        raise NotOurToken("not a JWT")
+    return value
+
+
+def read_access_token(value: str, ring: KeyRing, issuer: str) -> dict[str, Any]:
+    """The claims of an access token signed by this server (RFC 9068 header, our issuer, a published
+    key, a valid signature). Expiry is not checked here: callers decide what an expired token means."""
+    if not isinstance(value, str) or len(value) > MAX_TOKEN_BYTES or value.count(".") != 2:
+        raise NotOurToken("not a compact JWS")
+    header = _segment(value.split(".", 1)[0])
+    if header.get("typ") != "at+jwt" or "crit" in header:
+        raise NotOurToken("not an RFC 9068 access token")
+    found = ring.verifier(header.get("kid"))
+    # The algorithm is the published key's, never the header's choice.
+    if found is None or header.get("alg") != found[0]:
+        raise NotOurToken("not signed with a key this server publishes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            claims = dict(jwt.decode(value, found[1], algorithms=[found[0]]).claims)
+    except (JoseError, ValueError, TypeError):
+        raise NotOurToken("the signature does not verify") from None
+    if claims.get("iss") != issuer or not isinstance(claims.get("jti"), str):
+        raise NotOurToken("not issued by this server")
+    return claims

@@ -13,9 +13,23 @@ if TYPE_CHECKING:
     from tessera.oauth.client_auth import AssertionUse
     from tessera.oauth.clients import Client
     from tessera.oauth.keys import KeyRecord
+    from tessera.oauth.revocation import TokenSelector
+    from tessera.oauth.status_entries import StatusListState, StatusSegment
     from tessera.oauth.tokens import IssuedToken
 
-__all__ = ["AssertionReplayed", "AuditSink", "ClientReader", "ClientWriter", "IssuanceRecorder", "KeySource"]
+__all__ = [
+    "AssertionRecorder",
+    "AssertionReplayed",
+    "AuditSink",
+    "ClientReader",
+    "ClientWriter",
+    "IssuanceRecorder",
+    "KeySource",
+    "StatusListSource",
+    "StatusSegmentSource",
+    "TokenReader",
+    "TokenRevoker",
+]
 
 
 class AssertionReplayed(Exception):
@@ -47,3 +61,42 @@ class AuditSink(Protocol):
 
 class KeySource(Protocol):
     async def load_keys(self) -> list[KeyRecord]: ...
+
+
+class AssertionRecorder(Protocol):
+    async def consume_assertion(self, use: AssertionUse) -> None:
+        """Record a client assertion's jti; raise AssertionReplayed if it was used before."""
+        ...
+
+
+class TokenReader(Protocol):
+    async def find_token(self, jti: str) -> IssuedToken | None: ...
+
+
+class TokenRevoker(Protocol):
+    async def revoke(
+        self,
+        selector: TokenSelector,
+        *,
+        actor: str,
+        via: str,
+        assertion: AssertionUse | None = None,
+        record_none: bool = False,
+    ) -> list[IssuedToken]:
+        """Atomically consume the assertion's jti (AssertionReplayed if used), revoke the selected tokens
+        and append a ``token.revoked`` record (also when none was revoked if ``record_none``)."""
+        ...
+
+
+class StatusSegmentSource(Protocol):
+    async def claim_status_segment(self, list_size: int, claimed_by: str) -> StatusSegment:
+        """Claim a segment no other process holds (of the newest list with room, or of a new list)."""
+        ...
+
+
+class StatusListSource(Protocol):
+    """Synchronous: called from a worker thread by the status list endpoint."""
+
+    def status_list(self, list_id: int) -> StatusListState | None: ...
+
+    def live_status_lists(self) -> list[int]: ...

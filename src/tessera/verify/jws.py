@@ -12,12 +12,11 @@ the rules are few and must be exact:
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -28,6 +27,7 @@ from tessera.verify.errors import BadSignature, MalformedToken, UnsupportedAlgor
 __all__ = ["ALGORITHMS", "PublicKey", "b64url_decode", "parse_compact", "public_key_from_jwk", "verify_signature"]
 
 ALGORITHMS = frozenset({"ES256", "EdDSA", "Ed25519", "RS256", "PS256"})
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _KTY = {"ES256": "EC", "EdDSA": "OKP", "Ed25519": "OKP", "RS256": "RSA", "PS256": "RSA"}
 
@@ -40,12 +40,17 @@ class PublicKey:
     key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def b64url_decode(segment: str) -> bytes:
+    # RFC 7515 §2: base64url without padding; '+', '/', '=' and anything outside the alphabet are refused.
     if "=" in segment or "+" in segment or "/" in segment:
         raise MalformedToken("not base64url without padding")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
+        raw = (segment + "=" * (-len(segment) % 4)).encode("ascii").translate(_FROM_URLSAFE)
+        return binascii.a2b_base64(raw, strict_mode=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
         raise MalformedToken("not base64url") from None
 
 
@@ -97,9 +102,9 @@ def parse_compact(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, by
     if len(parts) != 3:
         raise MalformedToken("a JWT has three dot-separated parts (JWE is not accepted)")
     try:
-        header = json.loads(b64url_decode(parts[0]))
-        claims = json.loads(b64url_decode(parts[1]))
-    except (ValueError, UnicodeDecodeError):
+        header = orjson.loads(b64url_decode(parts[0]))
+        claims = orjson.loads(b64url_decode(parts[1]))
+    except orjson.JSONDecodeError:
         raise MalformedToken("header or payload is not JSON") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise MalformedToken("header and payload must be JSON objects")
@@ -114,25 +119,23 @@ def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: 
         raise BadSignature("the key does not match the algorithm")
     try:
         if alg == "ES256":
-            assert isinstance(key.key, ec.EllipticCurvePublicKey)
             if len(signature) != 64:
                 raise BadSignature("an ES256 signature is exactly 64 bytes (RFC 7518 §3.4)")
             r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
             if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
                 raise BadSignature("ECDSA r and s must be in 1..n-1")
-            key.key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
+            cast(ec.EllipticCurvePublicKey, key.key).verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
         elif alg in ("EdDSA", "Ed25519"):
-            assert isinstance(key.key, ed25519.Ed25519PublicKey)
             if len(signature) != 64:
                 raise BadSignature("an Ed25519 signature is exactly 64 bytes (RFC 8037 §3.1)")
-            key.key.verify(signature, signing_input)
+            cast(ed25519.Ed25519PublicKey, key.key).verify(signature, signing_input)
         else:
-            assert isinstance(key.key, rsa.RSAPublicKey)
-            if len(signature) != (key.key.key_size + 7) // 8:
+            rsa_key = cast(rsa.RSAPublicKey, key.key)
+            if len(signature) != (rsa_key.key_size + 7) // 8:
                 raise BadSignature("an RSA signature has the modulus length")
             pad: padding.AsymmetricPadding = (
                 padding.PKCS1v15() if alg == "RS256" else padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
             )
-            key.key.verify(signature, signing_input, pad, hashes.SHA256())
+            rsa_key.verify(signature, signing_input, pad, hashes.SHA256())
     except InvalidSignature:
         raise BadSignature("the signature does not verify") from None

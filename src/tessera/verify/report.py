@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Report"]
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
+    """A tuple, not a dataclass: one is built for every verification."""
+
     #: seconds since the keys used were fetched (or the bundle was issued)
     keys_age: float | None
     #: seconds since the status list used was fetched; None when the token has no status entry
@@ -19,4 +19,4 @@ class Report:
     source: str = "network"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()

@@ -66,6 +66,8 @@ class StatusEntry:
     fetched_at: float
     ttl: float
     exp: float | None
+    #: until when a lookup may skip every freshness decision (the verifier's hot path)
+    fast_until: float = 0.0
 
 
 @dataclass
@@ -73,6 +75,9 @@ class _Keys:
     keys: list[PublicKey]
     fetched_at: float
     refresh_after: float
+    #: until when a lookup may skip every freshness decision (the verifier's hot path)
+    fast_until: float = 0.0
+    by_kid: dict[tuple[str | None, str], list[PublicKey]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,7 +136,7 @@ class TrustStore:
                 except ValueError:
                     continue  # a key we cannot use is skipped, not fatal
         now = self.now()
-        self._keys = _Keys(keys, now, now + ttl)
+        self._keys = _Keys(keys, now, now + ttl, min(now + ttl, now + self.policy.keys_max_stale))
 
     def _fetch_keys_sync(self) -> None:
         http = self.http or httpx.Client(timeout=5.0, follow_redirects=False)
@@ -169,8 +174,14 @@ class TrustStore:
 
     # -- keys ---------------------------------------------------------------------------------------
     def _select(self, kid: str | None, alg: str) -> list[PublicKey]:
-        assert self._keys is not None
-        return [k for k in self._keys.keys if (kid is None or k.kid == kid) and (k.alg in (None, alg))]
+        k = self._keys
+        assert k is not None
+        found = k.by_kid.get((kid, alg))
+        if found is None:
+            found = [x for x in k.keys if (kid is None or x.kid == kid) and (x.alg in (None, alg))]
+            if found and len(k.by_kid) < 1024:
+                k.by_kid[(kid, alg)] = found
+        return found
 
     def _keys_decision(self, kid: str | None, alg: str) -> str:
         """'ok', 'refresh' (blocking, because data is missing or too old), 'background', or 'kid'."""
@@ -189,6 +200,13 @@ class TrustStore:
         return "ok"
 
     def keys_for_sync(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
+        k = self._keys
+        if k is not None:
+            now = self.now()
+            if now < k.fast_until:
+                found = k.by_kid.get((kid, alg))
+                if found is not None:
+                    return found, now - k.fetched_at, False
         decision = self._keys_decision(kid, alg)
         stale = False
         if decision == "kid":
@@ -204,6 +222,13 @@ class TrustStore:
         return self._finish_keys(kid, alg, stale)
 
     async def keys_for_async(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
+        k = self._keys
+        if k is not None:
+            now = self.now()
+            if now < k.fast_until:
+                found = k.by_kid.get((kid, alg))
+                if found is not None:
+                    return found, now - k.fetched_at, False
         decision = self._keys_decision(kid, alg)
         stale = False
         if decision == "kid":
@@ -319,6 +344,14 @@ class TrustStore:
             max(float(ttl) if ttl is not None else self.policy.status_min_ttl, self.policy.status_min_ttl),
             float(exp) if exp is not None else None,
         )
+        if self.source == "network":
+            due = entry.fetched_at + entry.ttl * (0.8 if self.policy.background_refresh else 1.0)
+            limits = [due, entry.fetched_at + self.policy.status_max_age]
+        else:
+            limits = [self.bundle_exp or 0.0]
+        if entry.exp is not None:
+            limits.append(entry.exp)
+        entry.fast_until = min(limits)
         self._lists[uri] = entry
         return entry
 
@@ -367,7 +400,16 @@ class TrustStore:
         keys = (await self.keys_for_async(kid, str(alg)))[0]
         self.install_status_token(uri, token, keys=keys)
 
+    def _fast_status(self, uri: str) -> StatusEntry | None:
+        e = self._lists.get(uri)
+        if e is not None and self.now() < e.fast_until:
+            return e
+        return None
+
     def status_sync(self, uri: str) -> tuple[StatusEntry, bool]:
+        fast = self._fast_status(uri)
+        if fast is not None:
+            return fast, False
         decision = self._status_decision(uri)
         if decision == "refresh":
             try:
@@ -380,6 +422,9 @@ class TrustStore:
         return self._finish_status(uri)
 
     async def status_async(self, uri: str) -> tuple[StatusEntry, bool]:
+        fast = self._fast_status(uri)
+        if fast is not None:
+            return fast, False
         decision = self._status_decision(uri)
         if decision == "refresh":
             try:
@@ -409,7 +454,7 @@ class TrustStore:
         self.source = "bundle"
         self.bundle_exp = bundle.exp
         self._install_keys(bundle.jwks, ttl=max(bundle.exp - self.now(), 0))
-        self._keys = _Keys(self._keys.keys if self._keys else [], bundle.iat, bundle.exp)
+        self._keys = _Keys(self._keys.keys if self._keys else [], bundle.iat, bundle.exp, bundle.exp)
         for uri, token in bundle.status_lists.items():
             header = parse_compact(token)[0]
             kid = header.get("kid") if isinstance(header.get("kid"), str) else None

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
+import orjson
 
 from tessera.verify.bundle import read_bundle
 from tessera.verify.errors import (
@@ -34,7 +35,7 @@ from tessera.verify.errors import (
     WrongIssuer,
     WrongType,
 )
-from tessera.verify.jws import ALGORITHMS, PublicKey, parse_compact, verify_signature
+from tessera.verify.jws import ALGORITHMS, PublicKey, b64url_decode, verify_signature
 from tessera.verify.report import Report
 from tessera.verify.status_list import INVALID, SUSPENDED, VALID
 from tessera.verify.trust import TrustPolicy, TrustStore
@@ -56,7 +57,7 @@ class Claims(dict[str, Any]):
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and -_MAX_TIME < v < _MAX_TIME
+    return (type(v) is int or type(v) is float) and -_MAX_TIME < v < _MAX_TIME
 
 
 class Verifier:
@@ -88,6 +89,7 @@ class Verifier:
         max_token_bytes: int = 16 * 1024,
         max_status_list_bytes: int = 16 * 1024 * 1024,
         background_refresh: bool = True,
+        verified_cache_size: int = 10_000,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
@@ -111,6 +113,9 @@ class Verifier:
         self.require_status = require_status
         self.status_uri_prefix = status_uri_prefix or issuer + "/"
         self.max_token_bytes = max_token_bytes
+        self._headers: dict[str, tuple[str, str | None]] = {}
+        self._verified: dict[str, tuple[PublicKey, dict[str, Any]]] = {}
+        self._cache_size = verified_cache_size
         self._clock = clock
         policy = TrustPolicy(
             keys_ttl=keys_ttl,
@@ -148,9 +153,9 @@ class Verifier:
     # -- public API -------------------------------------------------------------------------------------
     def verify(self, token: str) -> Claims:
         """The token's claims, or a ``VerificationError`` naming the reason."""
-        _header, claims, signing_input, signature, alg, kid = self._parse(token)
+        alg, kid, payload, signing_input, signature = self._parse(token)
         keys, keys_age, stale = self.trust.keys_for_sync(kid, alg)
-        self._check_signature(alg, keys, signing_input, signature)
+        claims = self._authentic(token, alg, keys, payload, signing_input, signature)
         self._check_claims(claims)
         status_age = None
         ref = self._status_reference(claims)
@@ -161,9 +166,9 @@ class Verifier:
         return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
 
     async def averify(self, token: str) -> Claims:
-        _header, claims, signing_input, signature, alg, kid = self._parse(token)
+        alg, kid, payload, signing_input, signature = self._parse(token)
         keys, keys_age, stale = await self.trust.keys_for_async(kid, alg)
-        self._check_signature(alg, keys, signing_input, signature)
+        claims = self._authentic(token, alg, keys, payload, signing_input, signature)
         self._check_claims(claims)
         status_age = None
         ref = self._status_reference(claims)
@@ -182,12 +187,31 @@ class Verifier:
             self.trust.http.close()
 
     # -- steps -----------------------------------------------------------------------------------------
-    def _parse(self, token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes, str, str | None]:
+    def _parse(self, token: str) -> tuple[str, str | None, str, bytes, bytes]:
+        """(alg, kid, payload segment, signing input, signature) after every header check."""
         if not isinstance(token, str):
             raise MalformedToken("the token must be a string")
         if len(token) > self.max_token_bytes:
             raise TokenTooLarge(f"tokens larger than {self.max_token_bytes} bytes are refused")
-        header, claims, signing_input, signature = parse_compact(token)
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise MalformedToken("a JWT has three dot-separated parts (JWE is not accepted)")
+        checked = self._headers.get(parts[0])
+        if checked is None:
+            checked = self._check_header(parts[0])
+            if len(self._headers) >= 256:
+                self._headers.clear()
+            self._headers[parts[0]] = checked
+        signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii", "replace")
+        return checked[0], checked[1], parts[1], signing_input, b64url_decode(parts[2])
+
+    def _check_header(self, segment: str) -> tuple[str, str | None]:
+        try:
+            header = orjson.loads(b64url_decode(segment))
+        except orjson.JSONDecodeError:
+            raise MalformedToken("the header is not JSON") from None
+        if not isinstance(header, dict):
+            raise MalformedToken("the header must be a JSON object")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             # RFC 8725 §3.1: only the algorithms this relying party allows; never 'none', never HMAC.
@@ -203,17 +227,38 @@ class Verifier:
         kid = header.get("kid")
         if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
             raise MalformedToken("kid must be a short string")
-        return header, claims, signing_input, signature, alg, kid
+        return alg, kid
 
-    @staticmethod
-    def _check_signature(alg: str, keys: list[PublicKey], signing_input: bytes, signature: bytes) -> None:
+    def _authentic(
+        self, token: str, alg: str, keys: list[PublicKey], payload: str, signing_input: bytes, signature: bytes
+    ) -> dict[str, Any]:
+        """The payload's claims once the signature verifies with one of ``keys``.
+
+        A token whose signature was verified before with a key that is still among the issuer's
+        current keys is not verified again (bounded cache, keyed by the whole token); every claim,
+        time and status check still runs on each call.
+        """
+        hit = self._verified.get(token)
+        if hit is not None and hit[0] in keys:
+            return hit[1]
         error: VerificationError = BadSignature("the signature does not verify")
         for key in keys[:4]:
             try:
                 verify_signature(alg, key, signing_input, signature)
-                return
             except BadSignature as e:
                 error = e
+                continue
+            try:
+                claims = orjson.loads(b64url_decode(payload))
+            except orjson.JSONDecodeError:
+                raise MalformedToken("the payload is not JSON") from None
+            if not isinstance(claims, dict):
+                raise MalformedToken("the payload must be a JSON object")
+            if self._cache_size:
+                if len(self._verified) >= self._cache_size:
+                    self._verified.clear()
+                self._verified[token] = (key, claims)
+            return claims
         raise error
 
     def _check_claims(self, claims: dict[str, Any]) -> None:

@@ -1,6 +1,10 @@
 """Authorization server metadata — RFC 8414, served at both well-known paths.
 
-Only what this server really supports is listed; each capability that lands adds itself.
+Only what this server really supports is listed; each capability that lands adds itself:
+RFC 8414 §2 names ``revocation_endpoint`` (RFC 7009) and ``introspection_endpoint`` (RFC 7662) with
+their ``*_auth_methods_supported`` and ``*_auth_signing_alg_values_supported``;
+draft-ietf-oauth-status-list §9.1 and §14: "it is RECOMMENDED to use the
+``status_list_aggregation_endpoint`` parameter" for the list of all status list URIs.
 """
 
 from __future__ import annotations
@@ -10,11 +14,18 @@ from typing import Any
 
 from tessera.oauth.clients import ASSERTION_ALGS
 
-__all__ = ["metadata"]
+__all__ = ["AUTH_METHODS_SUPPORTED", "metadata"]
+
+AUTH_METHODS_SUPPORTED = ("private_key_jwt", "client_secret_basic", "client_secret_post")
 
 
 def metadata(
-    *, issuer: str, grant_types: Sequence[str], signing_algs: Sequence[str], registration: bool
+    *,
+    issuer: str,
+    grant_types: Sequence[str],
+    signing_algs: Sequence[str],
+    registration: bool,
+    status_lists: bool = False,
 ) -> dict[str, Any]:
     md: dict[str, Any] = {
         "issuer": issuer,
@@ -23,10 +34,18 @@ def metadata(
         "grant_types_supported": list(grant_types),
         # RFC 8414 §2 makes response_types_supported REQUIRED; no redirect-based grant is offered yet.
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "access_token_signing_alg_values_supported": list(signing_algs),
+        "revocation_endpoint": issuer + "/oauth/revoke",
+        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        "introspection_endpoint": issuer + "/oauth/introspect",
+        "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
     }
     if registration:
         md["registration_endpoint"] = issuer + "/oauth/register"
+    if status_lists:
+        md["status_list_aggregation_endpoint"] = issuer + "/oauth/status"
     return md

@@ -5,6 +5,8 @@ which must be an absolute URI without a fragment and allowed for this client; wi
 the client's ``default_resource`` or the server's default audience (RFC 9068 §3: the server MUST
 use a default resource indicator). Scope: the requested scope, each token registered for the
 client; without ``scope``, everything registered (RFC 6749 §3.3 lets the server use a default).
+A token living at least ``status_min_lifetime`` seconds gets a status list entry (draft-ietf-oauth-
+status-list §6.2), so that it can be revoked without relying parties calling home.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tessera.oauth.clients import Client, check_resource_uri, parse_scope
 from tessera.oauth.errors import InvalidClient, InvalidScope, InvalidTarget
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.keys import KeyRing
+from tessera.oauth.status_entries import StatusAllocator
 from tessera.oauth.tokens import mint_access_token
 from tessera.store.interfaces import AssertionReplayed, IssuanceRecorder
 
@@ -64,6 +67,8 @@ class ClientCredentialsGrant:
         now: Callable[[], float],
         max_lifetime: int,
         default_audience: str,
+        status_allocator: StatusAllocator | None = None,
+        status_min_lifetime: int = 0,
     ) -> None:
         self._issuer = issuer
         self._keys = keys
@@ -72,6 +77,8 @@ class ClientCredentialsGrant:
         self._now = now
         self._max_lifetime = max_lifetime
         self._default_audience = default_audience
+        self._statuses = status_allocator
+        self._status_min_lifetime = status_min_lifetime
 
     async def respond(self, request: TokenRequest) -> TokenResponse:
         authn: AuthenticatedClient = request.client
@@ -79,6 +86,9 @@ class ClientCredentialsGrant:
         scope = resolve_scope(client, request.form.get("scope"))
         aud = resolve_audience(client, request.form.getlist("resource"), self._default_audience)
         lifetime = min(self._max_lifetime, client.token_lifetime_cap or self._max_lifetime)
+        status = None
+        if self._statuses is not None and lifetime >= self._status_min_lifetime:
+            status = await self._statuses.allocate()
         token = mint_access_token(
             key=self._keys().signer(self._alg),
             issuer=self._issuer,
@@ -89,6 +99,7 @@ class ClientCredentialsGrant:
             now=int(self._now()),
             lifetime=lifetime,
             grant_type=self.grant_type,
+            status=status,
         )
         event = AuditEvent(
             "token.issued",
@@ -102,6 +113,7 @@ class ClientCredentialsGrant:
                 "kid": token.record.kid,
                 "exp": token.record.exp,
                 "auth_method": authn.method,
+                **({"status_list": status.list_id, "status_idx": status.idx} if status else {}),
             },
         )
         try:

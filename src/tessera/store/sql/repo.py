@@ -6,6 +6,7 @@ Transactions are the caller's (the group-commit writer, the CLI, the admin API).
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,9 @@ from tessera.audit import AuditEvent, AuditRecord, seal
 from tessera.oauth.client_auth import AssertionUse
 from tessera.oauth.clients import Client
 from tessera.oauth.keys import KeyRecord, KeyState
+from tessera.oauth.revocation import TokenSelector
+from tessera.oauth.status_entries import STATUS_BITS, StatusListState, StatusSegment, segment_size
+from tessera.oauth.status_list import INVALID, VALID
 from tessera.oauth.tokens import IssuedToken
 from tessera.store.sql.tables import (
     assertion_jtis,
@@ -23,24 +27,31 @@ from tessera.store.sql.tables import (
     clients,
     issued_tokens,
     signing_keys,
+    status_lists,
+    status_segments,
 )
 
 __all__ = [
     "append_audit",
     "audit_head_row",
+    "claim_status_segment",
     "consume_assertion",
     "consume_assertions",
     "delete_client",
     "get_client",
+    "get_status_list",
+    "get_token",
     "insert_client",
     "insert_key",
     "insert_token",
     "insert_tokens",
     "iter_audit",
     "list_clients",
+    "live_status_lists",
     "load_keys",
     "lock_keys",
     "purge_expired",
+    "revoke_tokens",
     "update_client",
     "update_key",
 ]
@@ -194,10 +205,124 @@ def insert_tokens(conn: sa.Connection, tokens: list[IssuedToken]) -> None:
                     "grant_type": t.grant_type,
                     "iat": t.iat,
                     "exp": t.exp,
+                    "status_list": t.status_list,
+                    "status_idx": t.status_idx,
+                    "status": t.status,
                 }
                 for t in tokens
             ],
         )
+
+
+def _token(row: Any) -> IssuedToken:
+    return IssuedToken(
+        jti=row.jti,
+        client_id=row.client_id,
+        sub=row.sub,
+        aud=list(row.aud),
+        scope=row.scope,
+        kid=row.kid,
+        grant_type=row.grant_type,
+        iat=int(row.iat),
+        exp=int(row.exp),
+        status_list=row.status_list,
+        status_idx=row.status_idx,
+        status=int(row.status),
+        revoked_at=row.revoked_at,
+    )
+
+
+def get_token(conn: sa.Connection, jti: str) -> IssuedToken | None:
+    row = conn.execute(sa.select(issued_tokens).where(issued_tokens.c.jti == jti)).first()
+    return _token(row) if row else None
+
+
+def revoke_tokens(conn: sa.Connection, selector: TokenSelector, now: int, not_expired_before: int) -> list[IssuedToken]:
+    """Mark the selected tokens revoked (``revoked_at``, status INVALID); returns those this call revoked."""
+    t = issued_tokens.c
+    column = {"jti": t.jti, "client_id": t.client_id, "sub": t.sub, "kid": t.kid}
+    name, value = next(iter(selector.describe().items()))
+    where = [column[name] == value, t.revoked_at.is_(None)]
+    if selector.unexpired_only:
+        where.append(t.exp >= not_expired_before)
+    stmt = sa.update(issued_tokens).where(*where).values(revoked_at=now, status=INVALID).returning(*issued_tokens.c)
+    return [_token(r) for r in conn.execute(stmt)]
+
+
+# -- status lists (draft-ietf-oauth-status-list) ---------------------------------------------------------
+_STATUS_LOCK = 7_261_173_303
+
+
+def claim_status_segment(
+    conn: sa.Connection, list_size: int, claimed_by: str, now: int
+) -> tuple[StatusSegment, bool]:
+    """Claim a random unclaimed segment of the newest list that has one, or of a new list.
+
+    Returns the segment and whether a list was created. The caller's transaction must be a write
+    transaction: on SQLite ``BEGIN IMMEDIATE`` serialises claims; on PostgreSQL an advisory lock does.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _STATUS_LOCK})
+    lists = status_lists.c
+    row = conn.execute(
+        sa.select(lists.list_id, lists.segment_size, lists.size, lists.segments_claimed)
+        .where(lists.segments_claimed * lists.segment_size < lists.size)
+        .order_by(lists.list_id.desc())
+        .limit(1)
+    ).first()
+    created = row is None
+    if row is None:
+        list_id = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(lists.list_id), 0))).scalar_one()) + 1
+        seg_size = segment_size(list_size)
+        conn.execute(
+            sa.insert(status_lists).values(
+                list_id=list_id,
+                bits=STATUS_BITS,
+                size=list_size,
+                segment_size=seg_size,
+                segments_claimed=0,
+                created_at=now,
+            )
+        )
+        total, taken = list_size // seg_size, set()
+    else:
+        list_id, seg_size, total = int(row.list_id), int(row.segment_size), int(row.size) // int(row.segment_size)
+        taken = set(
+            conn.execute(sa.select(status_segments.c.segment).where(status_segments.c.list_id == list_id)).scalars()
+        )
+    segment = secrets.choice([n for n in range(total) if n not in taken])
+    conn.execute(
+        sa.insert(status_segments).values(
+            list_id=list_id, segment=segment, claimed_at=now, claimed_by=claimed_by[:128]
+        )
+    )
+    conn.execute(
+        sa.update(status_lists)
+        .where(lists.list_id == list_id)
+        .values(segments_claimed=lists.segments_claimed + 1)
+    )
+    return StatusSegment(list_id, segment * seg_size, seg_size), created
+
+
+def get_status_list(conn: sa.Connection, list_id: int) -> StatusListState | None:
+    """A list's shape and its entries that are not VALID (one index range scan)."""
+    row = conn.execute(
+        sa.select(status_lists.c.bits, status_lists.c.size).where(status_lists.c.list_id == list_id)
+    ).first()
+    if row is None:
+        return None
+    t = issued_tokens.c
+    entries = conn.execute(
+        sa.select(t.status_idx, t.status).where(t.status_list == list_id, t.status > VALID)
+    ).all()
+    return StatusListState(list_id, int(row.bits), int(row.size), [(int(i), int(v)) for i, v in entries])
+
+
+def live_status_lists(conn: sa.Connection, not_expired_before: int) -> list[int]:
+    """The lists that hold an entry of a token a relying party could still accept."""
+    t = issued_tokens.c
+    q = sa.select(t.status_list).where(t.exp >= not_expired_before, t.status_list.is_not(None)).distinct()
+    return sorted(int(v) for v in conn.execute(q).scalars())
 
 
 def purge_expired(conn: sa.Connection, now: int, leeway: int) -> int:

@@ -14,8 +14,11 @@ from tessera.audit import AuditEvent, ChainReport, verify_chain
 from tessera.clock import Clock
 from tessera.oauth.client_auth import AssertionUse
 from tessera.oauth.clients import Client
-from tessera.oauth.keys import KEK, KeyPlan, KeyRecord, plan_bootstrap, plan_rotation, plan_sweep
+from tessera.oauth.keys import KEK, KeyPlan, KeyRecord, plan_bootstrap, plan_revocation, plan_rotation, plan_sweep
+from tessera.oauth.revocation import TokenSelector, revocation_event
+from tessera.oauth.status_entries import StatusListState, StatusSegment
 from tessera.oauth.tokens import IssuedToken
+from tessera.store.interfaces import AssertionReplayed
 from tessera.store.sql import repo
 from tessera.store.sql.engine import create_engines, upgrade
 from tessera.store.sql.writer import GroupCommitWriter
@@ -24,9 +27,11 @@ __all__ = ["SqlStore"]
 
 
 class SqlStore:
-    def __init__(self, url: str, clock: Clock, *, client_cache_ttl: float = 1.0) -> None:
+    def __init__(self, url: str, clock: Clock, *, client_cache_ttl: float = 1.0, leeway: int = 0) -> None:
         self.url = url
         self.clock = clock
+        #: Revoking "unexpired" tokens includes those expired less than this long ago (relying parties' leeway).
+        self.leeway = leeway
         self.write_engine, self.read_engine = create_engines(url)
         self.writer = GroupCommitWriter(self.write_engine, self.now_ms)
         self._cache_ttl = client_cache_ttl
@@ -97,12 +102,25 @@ class SqlStore:
         await self.writer.submit(work)
         self.forget_client(client.client_id)
 
-    async def delete_client(self, client_id: str, event: AuditEvent) -> bool:
-        def work(c: sa.Connection) -> tuple[bool, list[AuditEvent]]:
-            gone = repo.delete_client(c, client_id)
-            return gone, [event] if gone else []
+    def _delete_client(self, c: sa.Connection, client_id: str, event: AuditEvent) -> tuple[bool, list[AuditEvent]]:
+        """Delete a client and revoke its unexpired tokens; the events to record with it."""
+        if not repo.delete_client(c, client_id):
+            return False, []
+        selector = TokenSelector(client_id=client_id)
+        revoked = repo.revoke_tokens(c, selector, self._now(), self._now() - self.leeway)
+        via = str(event.data.get("via", "client.deleted"))
+        return True, [event, revocation_event(selector, revoked, actor=event.actor or "system", via=via)]
 
-        gone: bool = await self.writer.submit(work)
+    async def delete_client(self, client_id: str, event: AuditEvent) -> bool:
+        gone: bool = await self.writer.submit(lambda c: self._delete_client(c, client_id, event))
+        self.forget_client(client_id)
+        return gone
+
+    def delete_client_now(self, client_id: str, event: AuditEvent) -> bool:
+        """``delete_client`` for the CLI and the admin API (synchronous, its own transaction)."""
+        with self.transaction() as conn:
+            gone, events = self._delete_client(conn, client_id, event)
+            repo.append_audit(conn, events, self.now_ms())
         self.forget_client(client_id)
         return gone
 
@@ -112,6 +130,80 @@ class SqlStore:
 
     async def audit(self, event: AuditEvent) -> None:
         await self.writer.submit_events([event])
+
+    async def consume_assertion(self, use: AssertionUse) -> None:
+        """Record a client assertion's jti outside of an issuance (revocation, introspection)."""
+
+        def work(c: sa.Connection) -> tuple[None, list[AuditEvent]]:
+            if not repo.consume_assertion(c, use):
+                raise AssertionReplayed(use.jti)
+            return None, []
+
+        await self.writer.submit(work)
+
+    # -- revocation (RFC 7009, operator) and introspection (RFC 7662) ---------------------------------------
+    def _now(self) -> int:
+        return int(self.clock.now())
+
+    async def find_token(self, jti: str) -> IssuedToken | None:
+        return await asyncio.to_thread(self.read, lambda c: repo.get_token(c, jti))
+
+    def _revoke(
+        self, c: sa.Connection, selector: TokenSelector, actor: str, via: str, record_none: bool
+    ) -> tuple[list[IssuedToken], list[AuditEvent]]:
+        revoked = repo.revoke_tokens(c, selector, self._now(), self._now() - self.leeway)
+        if not revoked and not record_none:
+            return revoked, []
+        return revoked, [revocation_event(selector, revoked, actor=actor, via=via)]
+
+    async def revoke(
+        self,
+        selector: TokenSelector,
+        *,
+        actor: str,
+        via: str,
+        assertion: AssertionUse | None = None,
+        record_none: bool = False,
+    ) -> list[IssuedToken]:
+        """Revoke through the group commit; the client assertion's jti (if any) is consumed with it."""
+
+        def work(c: sa.Connection) -> tuple[list[IssuedToken], list[AuditEvent]]:
+            if assertion is not None and not repo.consume_assertion(c, assertion):
+                raise AssertionReplayed(assertion.jti)
+            return self._revoke(c, selector, actor, via, record_none)
+
+        revoked: list[IssuedToken] = await self.writer.submit(work)
+        return revoked
+
+    def revoke_now(self, selector: TokenSelector, *, actor: str, via: str) -> list[IssuedToken]:
+        """Revoke in a transaction of its own (CLI, admin API); the action is recorded even if it revoked nothing."""
+        with self.transaction() as conn:
+            revoked, events = self._revoke(conn, selector, actor, via, True)
+            repo.append_audit(conn, events, self.now_ms())
+            return revoked
+
+    # -- status lists (draft-ietf-oauth-status-list) ---------------------------------------------------------
+    async def claim_status_segment(self, list_size: int, claimed_by: str) -> StatusSegment:
+        def work(c: sa.Connection) -> tuple[StatusSegment, list[AuditEvent]]:
+            segment, created = repo.claim_status_segment(c, list_size, claimed_by, self._now())
+            if not created:
+                return segment, []
+            event = AuditEvent(
+                "status_list.created",
+                actor="system",
+                subject=str(segment.list_id),
+                data={"list_id": segment.list_id, "size": list_size, "segment_size": segment.count},
+            )
+            return segment, [event]
+
+        segment: StatusSegment = await self.writer.submit(work)
+        return segment
+
+    def status_list(self, list_id: int) -> StatusListState | None:
+        return self.read(lambda c: repo.get_status_list(c, list_id))
+
+    def live_status_lists(self) -> list[int]:
+        return self.read(lambda c: repo.live_status_lists(c, self._now() - self.leeway))
 
     # -- keys (KeySource and lifecycle) ---------------------------------------------------------------
     async def load_keys(self) -> list[KeyRecord]:
@@ -156,6 +248,16 @@ class SqlStore:
             )
             self._apply(conn, plan, actor)
             return plan
+
+    def revoke_key(self, kid: str, kek: KEK, actor: str = "operator") -> tuple[KeyPlan, list[IssuedToken]]:
+        """A compromised key: removed at once (the next key promoted first if it was active), and every
+        unexpired token it signed revoked, in one transaction. LookupError if there is no such key."""
+        with self.transaction() as conn:
+            plan = plan_revocation(repo.lock_keys(conn), kid, kek, self._now())
+            self._apply(conn, plan, actor)
+            revoked, events = self._revoke(conn, TokenSelector(kid=kid), actor, "key.revoked", True)
+            repo.append_audit(conn, events, self.now_ms())
+            return plan, revoked
 
     def sweep(self, actor: str = "system") -> KeyPlan:
         now = int(self.clock.now())

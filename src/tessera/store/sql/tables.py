@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["assertion_jtis", "audit_head", "audit_log", "clients", "issued_tokens", "metadata", "signing_keys"]
+__all__ = [
+    "assertion_jtis",
+    "audit_head",
+    "audit_log",
+    "clients",
+    "issued_tokens",
+    "metadata",
+    "signing_keys",
+    "status_lists",
+    "status_segments",
+]
 
 metadata = sa.MetaData()
 
@@ -49,6 +59,36 @@ issued_tokens = sa.Table(
     sa.Column("iat", sa.BigInteger, nullable=False),
     sa.Column("exp", sa.BigInteger, nullable=False, index=True),
     sa.Column("revoked_at", sa.BigInteger),
+    # draft-ietf-oauth-status-list: the token's entry (list, index) and its Status Type (0 VALID, 1 INVALID).
+    sa.Column("status_list", sa.Integer),
+    sa.Column("status_idx", sa.Integer),
+    sa.Column("status", sa.SmallInteger, nullable=False, server_default=sa.text("0")),
+    # An entry is never given to two tokens (§13.3: "The Status Issuer MUST prevent any unintended double
+    # allocation"); the second index serves the status list build: the entries of one list that are not VALID.
+    sa.Index("uq_issued_tokens_status_entry", "status_list", "status_idx", unique=True),
+    sa.Index("ix_issued_tokens_status", "status_list", "status"),
+)
+
+# One row per status list. Segments of ``segment_size`` entries are claimed by server processes, one
+# transaction each, in random order; a process hands out the indices of its segment in random order.
+status_lists = sa.Table(
+    "status_lists",
+    metadata,
+    sa.Column("list_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("bits", sa.Integer, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("segment_size", sa.Integer, nullable=False),
+    sa.Column("segments_claimed", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+status_segments = sa.Table(
+    "status_segments",
+    metadata,
+    sa.Column("list_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("segment", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("claimed_at", sa.BigInteger, nullable=False),
+    sa.Column("claimed_by", sa.String(128), nullable=False),
 )
 
 assertion_jtis = sa.Table(
