@@ -89,9 +89,9 @@ class BearerTokenMiddleware:
 
     @staticmethod
     async def _deny(send: Callable[[Any], Awaitable[None]], status: int, challenge: str, reason: str) -> None:
-        body = json.dumps(
-            {"error": "invalid_token" if status == 401 else "insufficient_scope", "reason": reason}
-        ).encode()
+        # RFC 6750 §3.1: a request that carried no token gets no error code.
+        error = None if reason == "missing bearer token" else "invalid_token" if status == 401 else "insufficient_scope"
+        body = json.dumps({"error": error, "reason": reason} if error else {"reason": reason}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -133,4 +133,7 @@ def bearer_dependency(verifier: Verifier, *, scopes: Iterable[str] = (), realm: 
             )
         return claims
 
+    # With postponed annotations "Request" is a string naming a local import, which FastAPI cannot resolve:
+    # it would take `request` for a required query parameter (422 on every call). Give it the class.
+    dependency.__annotations__["request"] = Request
     return dependency

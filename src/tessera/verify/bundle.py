@@ -67,7 +67,7 @@ def read_bundle(text: str, *, issuer: str, trusted_jwks: dict[str, Any], now: fl
     if claims.get("iss") != issuer:
         raise InvalidBundle("the bundle is from another issuer")
     iat, exp = claims.get("iat"), claims.get("exp")
-    if not isinstance(iat, int | float) or not isinstance(exp, int | float) or isinstance(exp, bool):
+    if type(iat) not in (int, float) or type(exp) not in (int, float) or iat is None or exp is None:
         raise InvalidBundle("the bundle needs numeric iat and exp")
     if now >= exp + leeway:
         raise InvalidBundle("the bundle has expired")

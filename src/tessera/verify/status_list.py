@@ -41,7 +41,7 @@ class StatusList:
 
 
 def decode_status_list(bits: object, lst: object, max_bytes: int = DEFAULT_MAX_BYTES) -> StatusList:
-    if isinstance(bits, bool) or bits not in (1, 2, 4, 8):
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (1, 2, 4, 8):  # 1.0 == 1 in Python
         raise StatusUnavailable("status_list.bits must be 1, 2, 4 or 8")
     if not isinstance(lst, str) or not lst:
         raise StatusUnavailable("status_list.lst must be a non-empty string")
@@ -58,6 +58,8 @@ def decode_status_list(bits: object, lst: object, max_bytes: int = DEFAULT_MAX_B
         raise StatusUnavailable(f"status list inflates beyond {max_bytes} bytes: refused")
     if not inflater.eof:
         raise StatusUnavailable("status_list.lst is truncated")
+    if inflater.unused_data:
+        raise StatusUnavailable("status_list.lst has bytes after the ZLIB stream")
     assert isinstance(bits, int)
     return StatusList(bits, data)
 

@@ -29,10 +29,12 @@ import httpx
 
 from tessera.verify.bundle import Bundle
 from tessera.verify.errors import (
+    InvalidBundle,
     MalformedToken,
     StatusUnavailable,
     TrustDataStale,
     UnknownKey,
+    VerificationError,
     WrongIssuer,
     WrongType,
 )
@@ -57,6 +59,7 @@ class TrustPolicy:
     max_status_list_bytes: int = 16 * 1024 * 1024
     leeway: float = 30.0
     background_refresh: bool = True
+    algorithms: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -96,6 +99,8 @@ class TrustStore:
     _refreshing: set[str] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     bundle_exp: float | None = None
+    _retry_wait: dict[str, float] = field(default_factory=dict)
+    _retry_at: dict[str, float] = field(default_factory=dict)
 
     # -- documents ------------------------------------------------------------------------------------
     @staticmethod
@@ -133,7 +138,7 @@ class TrustStore:
             if isinstance(jwk, dict):
                 try:
                     keys.append(public_key_from_jwk(jwk))
-                except ValueError:
+                except (ValueError, MalformedToken):  # bad base64url in a member raises MalformedToken
                     continue  # a key we cannot use is skipped, not fatal
         now = self.now()
         self._keys = _Keys(keys, now, now + ttl, min(now + ttl, now + self.policy.keys_max_stale))
@@ -196,7 +201,9 @@ class TrustStore:
                 else "unknown"
             )
         if now >= k.refresh_after and self.source == "network":
-            return "background" if self.policy.background_refresh else "refresh"
+            if self.policy.background_refresh:
+                return "background"
+            return "refresh" if now >= self._retry_at.get("keys", 0.0) else "ok"
         return "ok"
 
     def keys_for_sync(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
@@ -214,8 +221,10 @@ class TrustStore:
         if decision in ("refresh", "kid"):
             try:
                 self._fetch_keys_sync()
+                self._fetched("keys")
             except TrustDataStale:
                 stale = True
+                self._retry_at["keys"] = self.now() + 5.0
         elif decision == "background":
             stale = True
             self._background(lambda: self._fetch_keys_sync(), "keys")
@@ -236,8 +245,10 @@ class TrustStore:
         if decision in ("refresh", "kid"):
             try:
                 await self._fetch_keys_async()
+                self._fetched("keys")
             except TrustDataStale:
                 stale = True
+                self._retry_at["keys"] = self.now() + 5.0
         elif decision == "background":
             stale = True
             self._abackground(self._fetch_keys_async, "keys")
@@ -308,8 +319,8 @@ class TrustStore:
         if not isinstance(typ, str) or typ.lower() not in ("statuslist+jwt", "application/statuslist+jwt"):
             raise WrongType("status list token typ must be statuslist+jwt")
         alg = header.get("alg")
-        if not isinstance(alg, str):
-            raise StatusUnavailable("status list token has no alg")
+        if not isinstance(alg, str) or (self.policy.algorithms and alg not in self.policy.algorithms):
+            raise StatusUnavailable("status list token alg is not an accepted algorithm")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         candidates = keys if keys is not None else self.keys_for_sync(kid, alg)[0]
         last: Exception | None = None
@@ -363,7 +374,7 @@ class TrustStore:
         if self.source != "network":
             return "ok"
         if now >= e.fetched_at + e.ttl or (e.exp is not None and now >= e.exp):
-            return "refresh"
+            return "refresh" if now >= self._retry_at.get(uri, 0.0) else "ok"
         if self.policy.background_refresh and now >= e.fetched_at + 0.8 * e.ttl:
             return "background"
         return "ok"
@@ -394,7 +405,10 @@ class TrustStore:
         finally:
             if self.ahttp is None:
                 await http.aclose()
-        header = parse_compact(token)[0] if token.count(".") == 2 else {}
+        try:
+            header = parse_compact(token)[0]
+        except MalformedToken as e:  # as in install_status_token: the list is unavailable, the token not malformed
+            raise StatusUnavailable(f"status list token: {e.message}") from None
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         alg = header.get("alg") if isinstance(header.get("alg"), str) else "ES256"
         keys = (await self.keys_for_async(kid, str(alg)))[0]
@@ -406,6 +420,21 @@ class TrustStore:
             return e
         return None
 
+    def _status_failed(self, uri: str, error: VerificationError) -> None:
+        """After a failed fetch, wait before trying again (5 s, doubling to 60 s): an issuer outage must
+        not turn every verification into a blocking fetch. Without a cached list the failure stands."""
+        wait = min(self._retry_wait.get(uri, 2.5) * 2, 60.0)
+        self._retry_wait[uri] = wait
+        self._retry_at[uri] = self.now() + wait
+        if uri not in self._lists:
+            if isinstance(error, UnknownKey):
+                raise StatusUnavailable(f"status list token: {error.message}") from None
+            raise error
+
+    def _fetched(self, uri: str) -> None:
+        self._retry_wait.pop(uri, None)
+        self._retry_at.pop(uri, None)
+
     def status_sync(self, uri: str) -> tuple[StatusEntry, bool]:
         fast = self._fast_status(uri)
         if fast is not None:
@@ -414,9 +443,9 @@ class TrustStore:
         if decision == "refresh":
             try:
                 self._fetch_status_sync(uri)
-            except (StatusUnavailable, TrustDataStale, UnknownKey, WrongType):
-                if uri not in self._lists:
-                    raise
+                self._fetched(uri)
+            except (StatusUnavailable, TrustDataStale, UnknownKey, WrongType) as e:
+                self._status_failed(uri, e)
         elif decision == "background":
             self._background(lambda: self._fetch_status_sync(uri), "status:" + uri)
         return self._finish_status(uri)
@@ -429,9 +458,9 @@ class TrustStore:
         if decision == "refresh":
             try:
                 await self._fetch_status_async(uri)
-            except (StatusUnavailable, TrustDataStale, UnknownKey, WrongType):
-                if uri not in self._lists:
-                    raise
+                self._fetched(uri)
+            except (StatusUnavailable, TrustDataStale, UnknownKey, WrongType) as e:
+                self._status_failed(uri, e)
         elif decision == "background":
             self._abackground(lambda: self._fetch_status_async(uri), "status:" + uri)
         return self._finish_status(uri)
@@ -447,7 +476,7 @@ class TrustStore:
             raise TrustDataStale(
                 f"the status list is {int(now - e.fetched_at)} s old (limit {int(self.policy.status_max_age)} s)"
             )
-        return e, now >= e.fetched_at + e.ttl
+        return e, now >= e.fetched_at + e.ttl or (e.exp is not None and now >= e.exp)
 
     def load_bundle(self, bundle: Bundle) -> None:
         """Serve keys and status lists from a verified trust bundle only; no network access."""
@@ -456,10 +485,13 @@ class TrustStore:
         self._install_keys(bundle.jwks, ttl=max(bundle.exp - self.now(), 0))
         self._keys = _Keys(self._keys.keys if self._keys else [], bundle.iat, bundle.exp, bundle.exp)
         for uri, token in bundle.status_lists.items():
-            header = parse_compact(token)[0]
-            kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-            keys = self._select(kid, str(header.get("alg", "")))
-            self.install_status_token(uri, token, keys=keys, fetched_at=bundle.iat)
+            try:
+                header = parse_compact(token)[0]
+                kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+                keys = self._select(kid, str(header.get("alg", "")))
+                self.install_status_token(uri, token, keys=keys, fetched_at=bundle.iat)
+            except VerificationError as e:  # a bad list makes the whole bundle invalid, not one token
+                raise InvalidBundle(f"status list {uri[:200]!r} in the bundle: {e}") from None
 
     @property
     def keys_fetched_at(self) -> float | None:

@@ -114,7 +114,7 @@ class Verifier:
         self.status_uri_prefix = status_uri_prefix or issuer + "/"
         self.max_token_bytes = max_token_bytes
         self._headers: dict[str, tuple[str, str | None]] = {}
-        self._verified: dict[str, tuple[PublicKey, dict[str, Any]]] = {}
+        self._verified: dict[str, PublicKey] = {}
         self._cache_size = verified_cache_size
         self._clock = clock
         policy = TrustPolicy(
@@ -125,7 +125,10 @@ class Verifier:
             max_status_list_bytes=max_status_list_bytes,
             leeway=leeway,
             background_refresh=background_refresh,
+            algorithms=frozenset(algorithms),
         )
+        if async_transport is None and isinstance(transport, httpx.AsyncBaseTransport):
+            async_transport = transport  # e.g. httpx.MockTransport serves both
         self.trust = TrustStore(
             issuer,
             policy,
@@ -186,6 +189,11 @@ class Verifier:
         if self.trust.http is not None:
             self.trust.http.close()
 
+    async def aclose(self) -> None:
+        self.close()
+        if self.trust.ahttp is not None:
+            await self.trust.ahttp.aclose()
+
     # -- steps -----------------------------------------------------------------------------------------
     def _parse(self, token: str) -> tuple[str, str | None, str, bytes, bytes]:
         """(alg, kid, payload segment, signing input, signature) after every header check."""
@@ -239,8 +247,10 @@ class Verifier:
         time and status check still runs on each call.
         """
         hit = self._verified.get(token)
-        if hit is not None and hit[0] in keys:
-            return hit[1]
+        if hit is not None and hit in keys:
+            # Parsed again (cheap) so that a caller changing its claims never changes the cache.
+            cached: dict[str, Any] = orjson.loads(b64url_decode(payload))
+            return cached
         error: VerificationError = BadSignature("the signature does not verify")
         for key in keys[:4]:
             try:
@@ -257,7 +267,7 @@ class Verifier:
             if self._cache_size:
                 if len(self._verified) >= self._cache_size:
                     self._verified.clear()
-                self._verified[token] = (key, claims)
+                self._verified[token] = key
             return claims
         raise error
 
