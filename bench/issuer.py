@@ -9,7 +9,7 @@ and as ratios against the peer measured in the same run, and written to
 bench/results/issuer.json.
 
 Run from the repository root with the project's Python (where `tessera` is
-installed): ``python bench/issuer.py [--duration 10] [--connections 32]
+installed): ``python bench/issuer.py [--duration 10] [--connections 32] [--repeat 3]
 [--only tessera|peer] [--auth basic|pkjwt]``. See bench/README.md.
 """
 

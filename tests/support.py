@@ -64,7 +64,7 @@ class LiveServer:
 
     def start(self, wait: float = 40) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([TESSERA, "serve"], env=self.env, stdout=open(self.log, "ab"),  # noqa: SIM115
+        self.proc = subprocess.Popen([TESSERA, "serve"], env=self.env, stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

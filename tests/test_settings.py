@@ -30,7 +30,7 @@ def test_defaults_from_an_empty_environment() -> None:
     assert s.workers == 1
     assert s.signing_algs == ["ES256"]
     assert s.access_token_lifetime == 900
-    assert s.assertion_max_lifetime == 300
+    assert s.assertion_max_lifetime == 3600
     assert s.leeway == 30
     assert s.key_refresh_interval == 5.0
     assert s.jwks_max_age == 300

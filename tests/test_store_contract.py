@@ -109,17 +109,18 @@ def issued(tok: IssuedToken) -> AuditEvent:
 def test_migrate_is_idempotent(url: str, clock: FrozenClock) -> None:
     s = SqlStore(url, clock)
     try:
+        head = head_revision()
         assert current_revision(s.write_engine) is None
-        assert s.migrate() == head_revision() == "0001"
-        assert s.migrate() == "0001"
-        assert current_revision(s.write_engine) == "0001"
+        assert s.migrate() == head
+        assert s.migrate() == head
+        assert current_revision(s.write_engine) == head
         report = s.verify_audit()
         assert (report.ok, report.checked, report.head) == (True, 0, GENESIS)
     finally:
         s.close()
     again = SqlStore(url, clock)  # a second process starting on the migrated database
     try:
-        assert again.migrate() == "0001"
+        assert again.migrate() == head
         assert again.verify_audit().ok
     finally:
         again.close()
@@ -187,6 +188,31 @@ def test_key_lifecycle(store: SqlStore, clock: FrozenClock, kek: KEK) -> None:
     assert_chain_ok(store, 8)
 
 
+def test_concurrent_bootstrap_creates_one_key_set(url: str, store: SqlStore, clock: FrozenClock, kek: KEK) -> None:
+    stores = [store] + [SqlStore(url, clock) for _ in range(3)]  # as if four processes started at once
+    barrier = threading.Barrier(len(stores))
+    plans: list[Any] = [None] * len(stores)
+
+    def boot(i: int) -> None:
+        barrier.wait(10)
+        plans[i] = stores[i].bootstrap_keys(["ES256", "EdDSA"], kek)
+
+    threads = [threading.Thread(target=boot, args=(i,)) for i in range(len(stores))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for s in stores[1:]:
+            s.close()
+    assert sorted(len(p.inserts) for p in plans) == [0, 0, 0, 4]
+    keys = run(store.load_keys())
+    assert sorted((k.alg, k.state.value) for k in keys) == [
+        ("ES256", "active"), ("ES256", "next"), ("EdDSA", "active"), ("EdDSA", "next")]
+    assert_chain_ok(store, 4)
+
+
 # -- clients ----------------------------------------------------------------------------------------------------
 
 def test_client_create_get_update_delete(store: SqlStore) -> None:
@@ -209,15 +235,18 @@ def test_client_create_get_update_delete(store: SqlStore) -> None:
         with pytest.raises(sa.exc.IntegrityError):
             await store.create_client(client("c1"), AuditEvent("client.created", actor="t", subject="c1"))
 
+        await store.record_issuance(token("t1"), None, issued(token("t1")))
         assert await store.delete_client("c1", AuditEvent("client.deleted", actor="t", subject="c1")) is True
         assert await store.get_client("c1") is None
         assert await store.delete_client("c1", AuditEvent("client.deleted", actor="t", subject="c1")) is False
 
     run(scenario())
-    # Failed writes leave no audit record; a delete that found nothing records nothing.
+    # Failed writes leave no audit record; a delete that found nothing records nothing. Deleting a
+    # client revokes its unexpired tokens with it.
     assert audit_trail(store) == [(1, "client.created", "c1"), (2, "client.updated", "c1"),
-                                  (3, "client.deleted", "c1")]
-    assert_chain_ok(store, 3)
+                                  (3, "token.issued", "c1"), (4, "client.deleted", "c1"), (5, "token.revoked", "c1")]
+    assert rows(store, issued_tokens, "jti", "revoked_at") == [("t1", T0)]
+    assert_chain_ok(store, 5)
 
 
 def test_client_cache_sees_other_writers_after_forget(url: str, store: SqlStore, clock: FrozenClock) -> None:
@@ -369,25 +398,40 @@ def test_two_stores_on_one_database_append_to_one_chain(url: str, store: SqlStor
     assert_chain_ok(store, 60)
 
 
-def test_a_failing_unit_does_not_undo_the_rest_of_its_batch(store: SqlStore) -> None:
+async def in_one_batch(store: SqlStore, writes: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Submit ``writes`` so that the writer commits them as one batch; their results or exceptions.
+
+    A first write blocks the writer thread inside its transaction until all the others are queued;
+    the writer then drains them together into the next batch.
+    """
     started, release = threading.Event(), threading.Event()
 
     def blocker(conn: sa.Connection) -> tuple[str, list[AuditEvent]]:
-        started.set()  # the writer is busy with this batch; what is submitted now forms the next one
+        started.set()
         assert release.wait(30)
         return "first", [AuditEvent("test.first")]
 
+    batches = store.writer.batches
+    first = asyncio.ensure_future(store.writer.submit(blocker))
+    assert await asyncio.to_thread(started.wait, 30)
+    tasks = [asyncio.ensure_future(make()) for make in writes]
+    await asyncio.sleep(0)  # every task has queued its write
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert await first == "first"
+    assert store.writer.batches == batches + 2, "the writes were committed as one batch"
+    return results
+
+
+def test_a_failing_unit_does_not_undo_the_rest_of_its_batch(store: SqlStore) -> None:
     def writes_then_fails(conn: sa.Connection) -> tuple[None, list[AuditEvent]]:
         repo.insert_client(conn, client("doomed"))
         raise RuntimeError("boom")
 
-    async def scenario() -> tuple[Any, list[Any]]:
+    async def scenario() -> list[Any]:
         await store.create_client(client("dup"), AuditEvent("client.created", subject="dup"))
-        batches = store.writer.batches
         use = AssertionUse("c1", "one-use", T0 + 60)
-        first = asyncio.ensure_future(store.writer.submit(blocker))
-        assert await asyncio.to_thread(started.wait, 30)
-        batch: list[Callable[[], Awaitable[Any]]] = [
+        return await in_one_batch(store, [
             lambda: store.record_issuance(token("ok-1"), use, issued(token("ok-1"))),
             lambda: store.record_issuance(token("replay"), use, issued(token("replay"))),   # AssertionReplayed
             lambda: store.writer.submit(writes_then_fails),                                # RuntimeError
@@ -395,16 +439,9 @@ def test_a_failing_unit_does_not_undo_the_rest_of_its_batch(store: SqlStore) -> 
             lambda: store.update_client(client("ghost"), AuditEvent("client.updated", subject="ghost")),
             lambda: store.create_client(client("ok-2"), AuditEvent("client.created", subject="ok-2")),
             lambda: store.audit(AuditEvent("test.last")),
-        ]
-        tasks = [asyncio.ensure_future(make()) for make in batch]
-        await asyncio.sleep(0)  # every task has queued its unit
-        release.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        assert store.writer.batches == batches + 2, "the seven units were committed as one batch"
-        return await first, results
+        ])
 
-    first, results = run(scenario())
-    assert first == "first"
+    results = run(scenario())
     assert results[0] is None
     assert isinstance(results[1], AssertionReplayed)
     assert isinstance(results[2], RuntimeError) and str(results[2]) == "boom"
@@ -418,6 +455,36 @@ def test_a_failing_unit_does_not_undo_the_rest_of_its_batch(store: SqlStore) -> 
         ("client.created", "dup"), ("test.first", None), ("token.issued", "c1"), ("client.created", "ok-2"),
         ("test.last", None)]
     assert_chain_ok(store, 5)
+
+
+def test_a_failing_issuance_does_not_undo_the_issuances_batched_with_it(store: SqlStore) -> None:
+    async def scenario() -> list[Any]:
+        await store.record_issuance(token("taken"), None, issued(token("taken")))
+        return await in_one_batch(store, [
+            lambda: store.record_issuance(token("ok-1"), AssertionUse("c1", "a1", T0 + 60), issued(token("ok-1"))),
+            # A token jti that exists already: this issuance fails, and its assertion is not consumed.
+            lambda: store.record_issuance(token("taken"), AssertionUse("c1", "a2", T0 + 60), issued(token("taken"))),
+            lambda: store.record_issuance(token("ok-2"), AssertionUse("c1", "a3", T0 + 60), issued(token("ok-2"))),
+            lambda: store.record_issuance(token("ok-3"), None, issued(token("ok-3"))),
+            lambda: store.audit(AuditEvent("test.last")),
+        ])
+
+    results = run(scenario())
+    assert results[0] is None
+    assert isinstance(results[1], sa.exc.IntegrityError)
+    assert results[2:] == [None, None, None]
+    assert rows(store, issued_tokens, "jti") == [("ok-1",), ("ok-2",), ("ok-3",), ("taken",)]
+    assert rows(store, assertion_jtis, "jti") == [("a1",), ("a3",)]
+    assert [(e, s) for _, e, s in audit_trail(store)] == [
+        ("token.issued", "c1"), ("test.first", None), ("token.issued", "c1"), ("token.issued", "c1"),
+        ("token.issued", "c1"), ("test.last", None)]
+    assert_chain_ok(store, 6)
+
+    async def retry() -> None:  # the assertion of the failed issuance is still unused
+        await store.record_issuance(token("t-retry"), AssertionUse("c1", "a2", T0 + 60), issued(token("t-retry")))
+
+    run(retry())
+    assert rows(store, assertion_jtis, "jti") == [("a1",), ("a2",), ("a3",)]
 
 
 def test_submit_requires_a_running_writer(url: str, clock: FrozenClock) -> None:

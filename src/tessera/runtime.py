@@ -14,16 +14,19 @@ from typing import Any
 
 from tessera.audit import AuditEvent
 from tessera.clock import Clock, SystemClock
+from tessera.oauth.bundle import build_bundle
 from tessera.oauth.clients import SECRET_METHODS, Client, ClientPolicy, hash_secret, validate_metadata
-from tessera.oauth.errors import OAuthError
 from tessera.oauth.endpoints.discovery import metadata
-from tessera.oauth.keys import KEK, KekError
+from tessera.oauth.endpoints.status_lists import status_list_token
+from tessera.oauth.errors import OAuthError
+from tessera.oauth.keys import KEK, KekError, KeyRing
 from tessera.oauth.revocation import TokenSelector, revocation_event
+from tessera.oauth.status_entries import status_list_uri
 from tessera.settings import Settings, SettingsError
 from tessera.store.sql import repo
 from tessera.store.sql.store import SqlStore
 
-__all__ = ["SUPPORTED_GRANTS", "Runtime", "client_policy", "open_runtime", "server_metadata"]
+__all__ = ["SUPPORTED_GRANTS", "Runtime", "client_policy", "export_bundle", "open_runtime", "server_metadata"]
 
 log = logging.getLogger("tessera")
 SUPPORTED_GRANTS = ("client_credentials",)
@@ -40,7 +43,6 @@ def server_metadata(settings: Settings) -> dict[str, Any]:
         grant_types=SUPPORTED_GRANTS,
         signing_algs=settings.signing_algs,
         registration=bool(settings.registration_token),
-        status_lists=settings.status_lists,
     )
 
 
@@ -143,9 +145,7 @@ def open_runtime(
 ) -> Runtime:
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(
-        settings.database_url, clock, client_cache_ttl=settings.client_cache_ttl, leeway=settings.leeway
-    )
+    store = SqlStore(settings.database_url, clock, client_cache_ttl=settings.client_cache_ttl, leeway=settings.leeway)
     try:
         if migrate:
             store.migrate()
@@ -158,3 +158,27 @@ def open_runtime(
         store.close()
         raise
     return Runtime(settings, store, kek, clock)
+
+
+def export_bundle(runtime: Runtime, lifetime: int) -> str:
+    """A signed trust bundle (``tessera.oauth.bundle``) of the current metadata, keys and status lists."""
+    settings, store = runtime.settings, runtime.store
+    now = int(runtime.clock.now())
+    ring = KeyRing.from_records(store.read(repo.load_keys), runtime.kek, now)
+    key = ring.signer(settings.signing_algs[0])
+    lists: dict[str, str] = {}
+    for list_id in store.live_status_lists():
+        state = store.status_list(list_id)
+        if state is not None:
+            lists[status_list_uri(settings.issuer, list_id)] = status_list_token(
+                key=key, issuer=settings.issuer, state=state, now=now, ttl=settings.status_list_ttl, exp=now + lifetime
+            )
+    return build_bundle(
+        key=key,
+        issuer=settings.issuer,
+        now=now,
+        lifetime=lifetime,
+        metadata=server_metadata(settings),
+        jwks=ring.jwks,
+        status_lists=lists,
+    )

@@ -117,15 +117,16 @@ class Settings(BaseModel):
     )
     status_lists: bool = Field(
         True,
-        description="Give access tokens a `status` claim (draft-ietf-oauth-status-list) and publish signed status "
-        "lists at /oauth/status/{list_id}, so that relying parties see revocations without calling home.",
+        description="Give new access tokens a `status` claim (draft-ietf-oauth-status-list) pointing into the "
+        "signed status lists served at /oauth/status/{list_id}, so that relying parties see revocations without "
+        "calling home. Lists already in use are served either way.",
     )
     status_list_min_lifetime: int = Field(
         0,
         ge=0,
         le=86400,
-        description="Only tokens living at least this many seconds get a status list entry (shorter-lived "
-        "tokens can only be revoked by expiring). 0: every token.",
+        description="Only tokens living at least this many seconds get a status list entry; relying parties that "
+        "verify locally see the revocation of a shorter-lived token only when it expires. 0: every token.",
     )
     status_list_ttl: int = Field(
         60,

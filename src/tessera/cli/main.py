@@ -1,4 +1,4 @@
-"""``tessera``: run the server and operate it (clients, keys, audit, database).
+"""``tessera``: run the server and operate it (clients, keys, tokens, trust bundles, audit, database).
 
 Server-side commands import the server packages lazily, so that the base (relying-party) install
 keeps a working ``tessera --help``.
@@ -262,18 +262,14 @@ def clients_show(client_id: str) -> None:
 @clients.command("remove")
 @click.argument("client_id")
 def clients_remove(client_id: str) -> None:
-    """Delete a client."""
+    """Delete a client and revoke its unexpired tokens."""
     from tessera.audit import AuditEvent
-    from tessera.store.sql import repo
 
     rt = _runtime()
     try:
-        with rt.store.transaction() as conn:  # the audit record only for a client that was there
-            gone = repo.delete_client(conn, client_id)
-            if gone:
-                event = AuditEvent("client.deleted", actor="cli", subject=client_id, data={"via": "cli"})
-                repo.append_audit(conn, [event], rt.store.now_ms())
-        if not gone:
+        # The audit records (client.deleted, token.revoked) only for a client that was there.
+        event = AuditEvent("client.deleted", actor="cli", subject=client_id, data={"via": "cli"})
+        if not rt.store.delete_client_now(client_id, event):
             _fail(f"no client {client_id}")
         click.echo(f"removed {client_id}")
     finally:
@@ -352,6 +348,89 @@ def keys_rotate(alg: str | None) -> None:
             click.echo(json.dumps({"event": event, **data}))
     finally:
         rt.close()
+
+
+@keys.command("revoke")
+@click.argument("kid")
+def keys_revoke(kid: str) -> None:
+    """Revoke a compromised key: it leaves the JWKS at once and its private half is erased.
+
+    Every unexpired token it signed is revoked (status lists show them INVALID). If it was the
+    active key, the next key is promoted first, so signing goes on. Running servers pick the
+    change up within TESSERA_KEY_REFRESH_INTERVAL.
+    """
+    rt = _runtime()
+    try:
+        try:
+            plan, revoked = rt.store.revoke_key(kid, rt.kek, actor="cli")
+        except LookupError as e:
+            _fail(str(e.args[0] if e.args else e))
+            return
+        for event, data in plan.events:
+            click.echo(json.dumps({"event": event, **data}))
+        click.echo(json.dumps({"event": "token.revoked", "count": len(revoked)}))
+    finally:
+        rt.close()
+
+
+# -- tokens --------------------------------------------------------------------------------------------
+@main.group()
+def tokens() -> None:
+    """Issued access tokens: revocation (published through the status lists)."""
+
+
+@tokens.command("revoke")
+@click.option("--jti", help="The token with this jti (whatever its expiry).")
+@click.option("--client", "client_id", help="Every unexpired token of this client.")
+@click.option("--subject", "sub", help="Every unexpired token with this sub.")
+@click.option("--token", help="This access token (its signature is checked first).")
+def tokens_revoke(jti: str | None, client_id: str | None, sub: str | None, token: str | None) -> None:
+    """Revoke tokens; prints {"revoked": N}. Exactly one of the options."""
+    from tessera.oauth.keys import KeyRing
+    from tessera.oauth.revocation import selector_from_request
+    from tessera.store.sql import repo
+
+    given = {k: v for k, v in (("jti", jti), ("client_id", client_id), ("sub", sub), ("token", token)) if v}
+    if len(given) != 1:
+        _fail("give exactly one of --jti, --client, --subject, --token", 2)
+    rt = _runtime()
+    try:
+        ring = KeyRing.from_records(rt.store.read(repo.load_keys), rt.kek, int(rt.clock.now()))
+        selector = selector_from_request(given, ring, rt.settings.issuer)
+        revoked = rt.store.revoke_now(selector, actor="cli", via="cli")
+        _echo_json({"revoked": len(revoked)})
+    finally:
+        rt.close()
+
+
+# -- bundle --------------------------------------------------------------------------------------------
+@main.group()
+def bundle() -> None:
+    """Trust bundles for relying parties that verify offline (docs/verification.md)."""
+
+
+@bundle.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout).")
+@click.option(
+    "--lifetime",
+    type=click.IntRange(60, 30 * 86400),
+    default=86400,
+    show_default=True,
+    help="Seconds the bundle (and the status lists in it) stays valid.",
+)
+def bundle_export(output: str | None, lifetime: int) -> None:
+    """Write a signed trust bundle: metadata, JWKS and the current status lists, as one compact JWS."""
+    from tessera.runtime import export_bundle
+
+    rt = _runtime()
+    try:
+        value = export_bundle(rt, lifetime)
+    finally:
+        rt.close()
+    if output:
+        Path(output).write_text(value + "\n")
+    else:
+        click.echo(value)
 
 
 # -- audit ---------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Errors use the same ``{"error", "error_description"}`` shape as the protocol end
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from tessera.audit import AuditEvent
 from tessera.oauth.clients import Client, generate_secret, hash_secret, new_client, validate_metadata
 from tessera.oauth.errors import OAuthError
+from tessera.oauth.revocation import selector_from_request
 from tessera.runtime import Runtime, client_policy
 from tessera.store.sql import repo
 
@@ -26,7 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["admin_app"]
 
 
-def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
+def admin_app(
+    runtime: Runtime,
+    keys: KeyService,
+    invalidate_status_lists: Callable[[Iterable[int | None] | None], None] = lambda _: None,
+) -> FastAPI:
+    """``invalidate_status_lists`` is told which status lists a revocation changed (None: all of them)."""
     settings, store = runtime.settings, runtime.store
     app = FastAPI(
         title="Tessera admin API",
@@ -34,7 +42,7 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
-        description="Clients, signing keys and the audit log. Bearer admin token.",
+        description="Clients, signing keys, token revocation and the audit log. Bearer admin token.",
     )
 
     def admin(request: Request) -> str:
@@ -138,14 +146,12 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
             out["client_secret"] = secret
         return out
 
-    @app.delete("/clients/{client_id}", status_code=204, summary="Delete a client")
-    def delete_client(client_id: str, actor: str = Depends(admin)) -> Response:
-        _get(client_id)
-        store.write(
-            lambda c: repo.delete_client(c, client_id),
-            [AuditEvent("client.deleted", actor=actor, subject=client_id, data={"via": "admin"})],
-        )
-        store.forget_client(client_id)
+    @app.delete("/clients/{client_id}", status_code=204, summary="Delete a client and revoke its unexpired tokens")
+    async def delete_client(client_id: str, actor: str = Depends(admin)) -> Response:
+        event = AuditEvent("client.deleted", actor=actor, subject=client_id, data={"via": "admin"})
+        if not await asyncio.to_thread(store.delete_client_now, client_id, event):
+            raise HTTPException(404, "no such client")
+        invalidate_status_lists(None)
         return Response(status_code=204)
 
     @app.post("/clients/{client_id}/secret", summary="Rotate a client's secret (shown once)")
@@ -184,6 +190,25 @@ def admin_app(runtime: Runtime, keys: KeyService) -> FastAPI:
         )
         await keys.reload()
         return {"events": [{"event": e, **d} for e, d in plan.events]}
+
+    @app.post("/keys/{kid}/revoke", summary="Revoke a compromised key: unpublished at once, its tokens revoked")
+    async def revoke_key(kid: str, actor: str = Depends(admin)) -> dict[str, Any]:
+        try:
+            plan, revoked = await asyncio.to_thread(store.revoke_key, kid, runtime.kek, actor)
+        except LookupError:
+            raise HTTPException(404, "no such signing key (or it is already removed)") from None
+        await keys.reload()
+        invalidate_status_lists(None)
+        return {"events": [{"event": e, **d} for e, d in plan.events], "revoked": len(revoked)}
+
+    @app.post("/tokens/revoke", summary="Revoke tokens by jti, client_id, sub or the token itself")
+    async def revoke_tokens(body: Any = Body(...), actor: str = Depends(admin)) -> dict[str, Any]:
+        """Exactly one of ``{"jti"}``, ``{"client_id"}``, ``{"sub"}``, ``{"token"}``. A jti or token is
+        revoked whatever its expiry; a client's or subject's tokens if a relying party could still accept them."""
+        selector = selector_from_request(body, keys.current(), settings.issuer)
+        revoked = await asyncio.to_thread(store.revoke_now, selector, actor=actor, via="admin")
+        invalidate_status_lists(t.status_list for t in revoked)
+        return {"revoked": len(revoked)}
 
     @app.get("/audit", summary="Audit records in chain order")
     def audit(

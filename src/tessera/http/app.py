@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -18,14 +20,18 @@ from starlette.routing import Mount, Route
 from tessera.clock import Clock
 from tessera.oauth.client_auth import ClientAuthenticator
 from tessera.oauth.clients import Client
-from tessera.oauth.endpoints.discovery import metadata
+from tessera.oauth.endpoints.introspection import IntrospectionEndpoint
 from tessera.oauth.endpoints.registration import RegistrationEndpoint
+from tessera.oauth.endpoints.revocation import RevocationEndpoint
+from tessera.oauth.endpoints.status_lists import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
+from tessera.oauth.endpoints.status_lists import StatusListEndpoint
 from tessera.oauth.endpoints.token import TokenEndpoint
 from tessera.oauth.errors import InvalidRequest, OAuthError
-from tessera.oauth.forms import parse_form
+from tessera.oauth.forms import Form, parse_form
 from tessera.oauth.grants.client_credentials import ClientCredentialsGrant
 from tessera.oauth.keys import KeyRing
-from tessera.runtime import Runtime, client_policy, open_runtime
+from tessera.oauth.status_entries import StatusAllocator
+from tessera.runtime import Runtime, client_policy, open_runtime, server_metadata
 from tessera.settings import load_settings
 
 from .body import read_body, read_json
@@ -44,6 +50,8 @@ class KeyService:
         self._rt = runtime
         self.ring = KeyRing()
         self.jwks_body = b'{"keys":[]}'
+        #: Called when the published keys changed (cached status lists are re-signed).
+        self.on_change: Callable[[], None] = lambda: None
 
     def current(self) -> KeyRing:
         return self.ring
@@ -53,8 +61,11 @@ class KeyService:
 
     def _set(self, records: list[Any]) -> None:
         ring = KeyRing.from_records(records, self._rt.kek, int(self._rt.clock.now()))
+        changed = ring.jwks != self.ring.jwks
         self.ring = ring
         self.jwks_body = json.dumps(ring.jwks, separators=(",", ":")).encode()
+        if changed:
+            self.on_change()
 
 
 class JwksFetcher:
@@ -99,6 +110,38 @@ def _handler(fn: Callable[[Request], Awaitable[Response]], realm: str) -> Callab
     return wrapped
 
 
+def _process_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def _read_form(request: Request, limit: int, what: str) -> Form:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, limit)
+    if ctype != "application/x-www-form-urlencoded":
+        raise InvalidRequest(f"the {what} request must be application/x-www-form-urlencoded")
+    return parse_form(body)
+
+
+def _accepts(accept: str | None, media_type: str) -> bool:
+    """RFC 9110 §12.5.1: no Accept header, or one naming the type, its range or */* with a q above 0."""
+    if accept is None:
+        return True
+    wanted = {media_type, media_type.split("/")[0] + "/*", "*/*"}
+    for item in accept.split(","):
+        name, *params = (p.strip() for p in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if name.lower() in wanted and q > 0:
+            return True
+    return False
+
+
 def build_app(runtime: Runtime) -> Any:
     settings, store, clock = runtime.settings, runtime.store, runtime.clock
     issuer = settings.issuer
@@ -112,6 +155,13 @@ def build_app(runtime: Runtime) -> Any:
         now=clock.now,
         assertion_max_lifetime=settings.assertion_max_lifetime,
         leeway=settings.leeway,
+        other_endpoints=(issuer + "/oauth/revoke", issuer + "/oauth/introspect"),
+    )
+    process = _process_name()
+    allocator = (
+        StatusAllocator(lambda: store.claim_status_segment(settings.status_list_size, process))
+        if settings.status_lists
+        else None
     )
     grants = [
         ClientCredentialsGrant(
@@ -122,9 +172,32 @@ def build_app(runtime: Runtime) -> Any:
             now=clock.now,
             max_lifetime=settings.access_token_lifetime,
             default_audience=settings.audience_default,
+            status_allocator=allocator,
+            status_min_lifetime=settings.status_list_min_lifetime,
         ),
     ]
     token_endpoint = TokenEndpoint(grants, authenticator, store)
+    status_lists = StatusListEndpoint(
+        issuer=issuer,
+        keys=keys.current,
+        signing_alg=settings.signing_algs[0],
+        source=store,
+        now=clock.now,
+        ttl=settings.status_list_ttl,
+    )
+    keys.on_change = lambda: status_lists.invalidate(None)
+    revocation = RevocationEndpoint(
+        issuer=issuer,
+        authenticator=authenticator,
+        keys=keys.current,
+        tokens=store,
+        revoker=store,
+        assertions=store,
+        audit=store,
+    )
+    introspection = IntrospectionEndpoint(
+        issuer=issuer, authenticator=authenticator, keys=keys.current, tokens=store, assertions=store, now=clock.now
+    )
     registration = RegistrationEndpoint(
         issuer=issuer,
         initial_access_token=settings.registration_token,
@@ -133,15 +206,7 @@ def build_app(runtime: Runtime) -> Any:
         writer=store,
         now=clock.now,
     )
-    discovery = json.dumps(
-        metadata(
-            issuer=issuer,
-            grant_types=token_endpoint.grant_types,
-            signing_algs=settings.signing_algs,
-            registration=registration.enabled,
-        ),
-        separators=(",", ":"),
-    ).encode()
+    discovery = json.dumps(server_metadata(settings), separators=(",", ":")).encode()
     realm = issuer
 
     async def token(request: Request) -> Response:
@@ -180,10 +245,56 @@ def build_app(runtime: Runtime) -> Any:
             return json_response(await registration.read(cid, authz), 200, NO_STORE)
         if request.method == "DELETE":
             await registration.delete(cid, authz)
+            status_lists.invalidate(None)  # the client's tokens were revoked with it
             return Response(status_code=204, headers=NO_STORE)
         await registration.read(cid, authz)  # authenticate before parsing
         body = await read_json(request, settings.max_body_bytes)
         return json_response(await registration.update(cid, authz, body), 200, NO_STORE)
+
+    async def revoke(request: Request) -> Response:
+        form = await _read_form(request, settings.max_body_bytes, "revocation")
+        revoked = await revocation.handle(request.headers, form)
+        status_lists.invalidate(t.status_list for t in revoked)
+        # RFC 7009 §2.2: "all necessary information is conveyed in the response code".
+        return Response(status_code=200, headers=NO_STORE)
+
+    async def introspect(request: Request) -> Response:
+        form = await _read_form(request, settings.max_body_bytes, "introspection")
+        return json_response(await introspection.handle(request.headers, form), 200, NO_STORE)
+
+    async def status_list(request: Request) -> Response:
+        # draft-ietf-oauth-status-list §8.4: a server without historical resolution "SHOULD return a
+        # status code of 501 (Not Implemented)" to a request with the `time` parameter.
+        if "time" in request.query_params:
+            return json_response(
+                {"error": "not_implemented", "error_description": "historical resolution (time) is not supported"},
+                501,
+                NO_STORE,
+            )
+        raw = request.path_params["list_id"]
+        published = await status_lists.get(int(raw)) if raw.isdigit() and len(raw) <= 9 else None
+        if published is None:
+            return json_response({"error": "not_found", "error_description": "no such status list"}, 404)
+        if not _accepts(request.headers.get("accept"), STATUS_LIST_MEDIA_TYPE):
+            served = f"status lists are served as {STATUS_LIST_MEDIA_TYPE}"
+            return json_response({"error": "not_acceptable", "error_description": served}, 406)
+        headers = {
+            "Cache-Control": f"public, max-age={settings.status_list_ttl}",
+            "Access-Control-Allow-Origin": "*",  # §8.1: the endpoint SHOULD support CORS
+            "Vary": "Accept-Encoding",
+        }
+        body = published.value
+        # §8.2: "The HTTP response SHOULD use gzip Content-Encoding".
+        if "gzip" in request.headers.get("accept-encoding", "").lower():
+            body, headers["Content-Encoding"] = published.gzipped(), "gzip"
+        return Response(body, media_type=STATUS_LIST_MEDIA_TYPE, headers=headers)
+
+    async def status_aggregation(request: Request) -> Response:
+        return json_response(
+            await status_lists.aggregation(),
+            200,
+            {"Cache-Control": f"public, max-age={settings.status_list_ttl}", "Access-Control-Allow-Origin": "*"},
+        )
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -207,6 +318,8 @@ def build_app(runtime: Runtime) -> Any:
             yield
         finally:
             task.cancel()
+            if allocator is not None:
+                await allocator.close()
             await fetch_jwks.close()
             store.close()
 
@@ -219,10 +332,14 @@ def build_app(runtime: Runtime) -> Any:
         Route(prefix + "/.well-known/oauth-authorization-server", well_known, methods=["GET"]),
         Route(prefix + "/oauth/token", h(token), methods=["POST"]),
         Route(prefix + "/oauth/jwks", jwks, methods=["GET"]),
+        Route(prefix + "/oauth/revoke", h(revoke), methods=["POST"]),
+        Route(prefix + "/oauth/introspect", h(introspect), methods=["POST"]),
+        Route(prefix + "/oauth/status", status_aggregation, methods=["GET"]),
+        Route(prefix + "/oauth/status/{list_id}", status_list, methods=["GET"]),
         Route(prefix + "/oauth/register", h(register), methods=["POST"]),
         Route(prefix + "/oauth/register/{client_id}", h(manage), methods=["GET", "PUT", "DELETE"]),
         Route(prefix + "/healthz", healthz, methods=["GET"]),
-        Mount(prefix + "/admin", app=admin_app(runtime, keys)),
+        Mount(prefix + "/admin", app=admin_app(runtime, keys, status_lists.invalidate)),
     ]
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.

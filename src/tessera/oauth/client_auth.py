@@ -8,6 +8,10 @@
 - ``none`` never authenticates: it only names a public client, which no confidential grant accepts.
 
 RFC 6749 §2.3: a client MUST NOT use more than one authentication method in a request.
+
+The same authentication guards the token, revocation (RFC 7009 §2.1) and introspection endpoints.
+RFC 7523 §3 (3): the assertion's ``aud`` identifies the authorization server: its issuer identifier
+or the URL of one of those endpoints (clients such as Authlib put the URL they post to).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "AssertionUse",
     "AuthenticatedClient",
     "ClientAuthenticator",
+    "assertion_replayed",
     "import_jwks",
 ]
 
@@ -95,9 +100,10 @@ class ClientAuthenticator:
         now: Callable[[], float],
         assertion_max_lifetime: int,
         leeway: int,
+        other_endpoints: tuple[str, ...] = (),
     ) -> None:
         self._issuer = issuer
-        self._audiences = {issuer, token_endpoint}
+        self._audiences = {issuer, token_endpoint, *other_endpoints}
         self._lookup = lookup
         self._fetch_jwks = fetch_jwks
         self._now = now
@@ -140,6 +146,15 @@ class ClientAuthenticator:
             raise InvalidClient("client authentication is required")
         client = await self._known(public_id, method)
         return AuthenticatedClient(client, "none")
+
+    async def authenticate_confidential(
+        self, headers: Mapping[str, str], form: Mapping[str, str]
+    ) -> AuthenticatedClient:
+        """``authenticate``, refusing a public client (``none``): for endpoints only clients may call."""
+        authn = await self.authenticate(headers, form)
+        if authn.method == "none":
+            raise InvalidClient("this endpoint requires client authentication", client_id=authn.client.client_id)
+        return authn
 
     @staticmethod
     def _parse_basic(authz: str) -> tuple[str, str]:
@@ -259,7 +274,7 @@ class ClientAuthenticator:
         if isinstance(aud, list) and len(aud) == 1:
             aud = aud[0]
         if not isinstance(aud, str) or aud not in self._audiences:
-            raise InvalidClient("client_assertion aud must be this issuer or its token endpoint", client_id=cid)
+            raise InvalidClient("client_assertion aud must be this issuer or the endpoint's URL", client_id=cid)
         # RFC 7523 §3 (4): exp MUST be present and the JWT MUST be rejected once expired.
         exp = claims.get("exp")
         if exp is None or not _is_num(exp):
@@ -278,6 +293,11 @@ class ClientAuthenticator:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             raise InvalidClient("client_assertion needs a jti (at most 256 characters)", client_id=cid)
+
+
+def assertion_replayed(client_id: str) -> InvalidClient:
+    # RFC 7523 §3 (7): a jti seen before means the assertion is replayed.
+    return InvalidClient("client_assertion was already used (jti replay)", client_id=client_id)
 
 
 def _is_num(v: Any) -> bool:

@@ -65,9 +65,7 @@ def selector_from_request(body: Any, ring: KeyRing, issuer: str) -> TokenSelecto
     return TokenSelector(**{name: value})
 
 
-def revocation_event(
-    selector: TokenSelector, revoked: Sequence[IssuedToken], *, actor: str, via: str
-) -> AuditEvent:
+def revocation_event(selector: TokenSelector, revoked: Sequence[IssuedToken], *, actor: str, via: str) -> AuditEvent:
     """One ``token.revoked`` record per revocation action, however many tokens it revoked."""
     data: dict[str, Any] = {"via": via, "selector": selector.describe(), "count": len(revoked)}
     if len(revoked) <= MAX_LISTED_JTIS:

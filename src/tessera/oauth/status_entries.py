@@ -10,8 +10,9 @@ two processes ever handing out the same index:
 - a list is cut into segments (``segment_size`` entries, at most 4096); a server process claims one
   whole segment in one transaction — the only step shared between processes — picking a random
   segment among those of the list that nobody claimed yet; a new list starts when all are claimed;
-- the process shuffles the indices of its segment (``secrets.SystemRandom``) and hands them out one
-  by one; before a segment runs out, the next one is claimed in the background.
+- the process puts the indices of its segment in random order (sorted by 64-bit keys from one
+  ``secrets.token_bytes`` call: ``SystemRandom.shuffle`` would read the OS CSPRNG once per entry) and
+  hands them out one by one; before a segment runs out, the next one is claimed in the background.
 
 An index is used once: a segment belongs to one process, and indices a process never handed out
 (it stopped) are simply never used; they stay VALID, like every unused entry.
@@ -89,7 +90,6 @@ class StatusAllocator:
     def __init__(self, claim: Callable[[], Awaitable[StatusSegment]], *, low_water: float = 0.25) -> None:
         self._claim = claim
         self._low_water = low_water
-        self._rng = secrets.SystemRandom()
         self._list_id = 0
         self._free: list[int] = []
         self._threshold = 0
@@ -97,9 +97,9 @@ class StatusAllocator:
         self._lock: asyncio.Lock | None = None
 
     def _use(self, segment: StatusSegment) -> None:
-        free = list(range(segment.start, segment.start + segment.count))
-        self._rng.shuffle(free)
-        self._list_id, self._free = segment.list_id, free
+        keys = secrets.token_bytes(8 * segment.count)
+        order = sorted(range(segment.count), key=lambda i: keys[8 * i : 8 * i + 8])
+        self._list_id, self._free = segment.list_id, [segment.start + i for i in order]
         self._threshold = int(segment.count * self._low_water)
 
     async def allocate(self) -> StatusEntry:

@@ -100,7 +100,7 @@ def pack(statuses: Mapping[int, int] | Iterable[tuple[int, int]], *, bits: int, 
         if not 0 <= status < limit:
             raise StatusListError(f"status {status} does not fit in {bits} bits")
         pos, shift = index // per_byte, (index % per_byte) * bits
-        data[pos] = (data[pos] & ~(((limit - 1) << shift)) & 0xFF) | (status << shift)
+        data[pos] = (data[pos] & ~((limit - 1) << shift) & 0xFF) | (status << shift)
     return data
 
 

@@ -21,9 +21,9 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -89,8 +89,8 @@ class TrustStore:
     policy: TrustPolicy
     now: Callable[[], float]
     jwks_uri: str | None = None
-    http: httpx.Client | None = None
-    ahttp: httpx.AsyncClient | None = None
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=5.0, follow_redirects=False))
+    ahttp: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=5.0, follow_redirects=False))
     source: str = "network"
     _keys: _Keys | None = None
     _kid_refetch_at: float = float("-inf")
@@ -143,39 +143,28 @@ class TrustStore:
         now = self.now()
         self._keys = _Keys(keys, now, now + ttl, min(now + ttl, now + self.policy.keys_max_stale))
 
+    def _keys_steps(self) -> Generator[tuple[str, str], httpx.Response, None]:
+        """Fetching the keys, free of I/O: yields (url, accept) and is sent each response."""
+        uri = self.jwks_uri
+        if uri is None:
+            r = yield self._metadata_url(), "application/json"
+            self._check_response(r, "issuer metadata")
+            uri = self.jwks_uri = self._jwks_from_metadata(r.json())
+        r = yield uri, "application/jwk-set+json, application/json"
+        self._check_response(r, "JWKS")
+        self._install_keys(r.json(), self._ttl(r))
+
     def _fetch_keys_sync(self) -> None:
-        http = self.http or httpx.Client(timeout=5.0, follow_redirects=False)
         try:
-            uri = self.jwks_uri
-            if uri is None:
-                r = http.get(self._metadata_url(), headers={"Accept": "application/json"})
-                self._check_response(r, "issuer metadata")
-                uri = self.jwks_uri = self._jwks_from_metadata(r.json())
-            r = http.get(uri, headers={"Accept": "application/jwk-set+json, application/json"})
-            self._check_response(r, "JWKS")
-            self._install_keys(r.json(), self._ttl(r))
+            _drive(self._keys_steps(), self.http)
         except (httpx.HTTPError, ValueError) as e:
             raise TrustDataStale(f"could not fetch the issuer's keys: {e.__class__.__name__}") from None
-        finally:
-            if self.http is None:
-                http.close()
 
     async def _fetch_keys_async(self) -> None:
-        http = self.ahttp or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         try:
-            uri = self.jwks_uri
-            if uri is None:
-                r = await http.get(self._metadata_url(), headers={"Accept": "application/json"})
-                self._check_response(r, "issuer metadata")
-                uri = self.jwks_uri = self._jwks_from_metadata(r.json())
-            r = await http.get(uri, headers={"Accept": "application/jwk-set+json, application/json"})
-            self._check_response(r, "JWKS")
-            self._install_keys(r.json(), self._ttl(r))
+            await _adrive(self._keys_steps(), self.ahttp)
         except (httpx.HTTPError, ValueError) as e:
             raise TrustDataStale(f"could not fetch the issuer's keys: {e.__class__.__name__}") from None
-        finally:
-            if self.ahttp is None:
-                await http.aclose()
 
     # -- keys ---------------------------------------------------------------------------------------
     def _select(self, kid: str | None, alg: str) -> list[PublicKey]:
@@ -379,40 +368,33 @@ class TrustStore:
             return "background"
         return "ok"
 
-    def _fetch_status_sync(self, uri: str) -> None:
-        http = self.http or httpx.Client(timeout=5.0, follow_redirects=False)
-        try:
-            r = http.get(uri, headers={"Accept": "application/statuslist+jwt"})
-            if r.status_code != 200 or len(r.content) > self.policy.max_status_list_bytes:
-                raise StatusUnavailable(f"status list answered HTTP {r.status_code}")
-            token = r.text.strip()
-        except httpx.HTTPError as e:
-            raise StatusUnavailable(f"could not fetch the status list: {e.__class__.__name__}") from None
-        finally:
-            if self.http is None:
-                http.close()
-        self.install_status_token(uri, token)
-
-    async def _fetch_status_async(self, uri: str) -> None:
-        http = self.ahttp or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
-        try:
-            r = await http.get(uri, headers={"Accept": "application/statuslist+jwt"})
-            if r.status_code != 200 or len(r.content) > self.policy.max_status_list_bytes:
-                raise StatusUnavailable(f"status list answered HTTP {r.status_code}")
-            token = r.text.strip()
-        except httpx.HTTPError as e:
-            raise StatusUnavailable(f"could not fetch the status list: {e.__class__.__name__}") from None
-        finally:
-            if self.ahttp is None:
-                await http.aclose()
+    def _status_steps(self, uri: str) -> Generator[tuple[str, str], httpx.Response, tuple[str, str | None, str]]:
+        """Fetching a status list token, free of I/O; returns (token, kid, alg) for the key lookup."""
+        r = yield uri, "application/statuslist+jwt"
+        if r.status_code != 200 or len(r.content) > self.policy.max_status_list_bytes:
+            raise StatusUnavailable(f"status list answered HTTP {r.status_code}")
+        token = r.text.strip()
         try:
             header = parse_compact(token)[0]
-        except MalformedToken as e:  # as in install_status_token: the list is unavailable, the token not malformed
+        except MalformedToken as e:  # the list is unavailable; the access token is not malformed
             raise StatusUnavailable(f"status list token: {e.message}") from None
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-        alg = header.get("alg") if isinstance(header.get("alg"), str) else "ES256"
-        keys = (await self.keys_for_async(kid, str(alg)))[0]
-        self.install_status_token(uri, token, keys=keys)
+        alg = header.get("alg") if isinstance(header.get("alg"), str) else ""
+        return token, kid, str(alg)
+
+    def _fetch_status_sync(self, uri: str) -> None:
+        try:
+            token, kid, alg = _drive(self._status_steps(uri), self.http)
+        except httpx.HTTPError as e:
+            raise StatusUnavailable(f"could not fetch the status list: {e.__class__.__name__}") from None
+        self.install_status_token(uri, token, keys=self.keys_for_sync(kid, alg)[0])
+
+    async def _fetch_status_async(self, uri: str) -> None:
+        try:
+            token, kid, alg = await _adrive(self._status_steps(uri), self.ahttp)
+        except httpx.HTTPError as e:
+            raise StatusUnavailable(f"could not fetch the status list: {e.__class__.__name__}") from None
+        self.install_status_token(uri, token, keys=(await self.keys_for_async(kid, alg))[0])
 
     def _fast_status(self, uri: str) -> StatusEntry | None:
         e = self._lists.get(uri)
@@ -496,6 +478,27 @@ class TrustStore:
     @property
     def keys_fetched_at(self) -> float | None:
         return self._keys.fetched_at if self._keys else None
+
+
+T = TypeVar("T")
+
+
+def _drive(steps: Generator[tuple[str, str], httpx.Response, T], http: httpx.Client) -> T:
+    try:
+        url, accept = next(steps)
+        while True:
+            url, accept = steps.send(http.get(url, headers={"Accept": accept}))
+    except StopIteration as done:
+        return done.value
+
+
+async def _adrive(steps: Generator[tuple[str, str], httpx.Response, T], http: httpx.AsyncClient) -> T:
+    try:
+        url, accept = next(steps)
+        while True:
+            url, accept = steps.send(await http.get(url, headers={"Accept": accept}))
+    except StopIteration as done:
+        return done.value
 
 
 def _num(v: Any) -> bool:

@@ -25,7 +25,6 @@ def metadata(
     grant_types: Sequence[str],
     signing_algs: Sequence[str],
     registration: bool,
-    status_lists: bool = False,
 ) -> dict[str, Any]:
     md: dict[str, Any] = {
         "issuer": issuer,
@@ -43,9 +42,8 @@ def metadata(
         "introspection_endpoint": issuer + "/oauth/introspect",
         "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
         "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+        "status_list_aggregation_endpoint": issuer + "/oauth/status",
     }
     if registration:
         md["registration_endpoint"] = issuer + "/oauth/register"
-    if status_lists:
-        md["status_list_aggregation_endpoint"] = issuer + "/oauth/status"
     return md

@@ -23,32 +23,17 @@ import logging
 from collections.abc import Callable, Mapping
 
 from tessera.audit import AuditEvent
-from tessera.oauth.client_auth import AuthenticatedClient, ClientAuthenticator
-from tessera.oauth.errors import InvalidClient, InvalidGrant, InvalidRequest, OAuthError
+from tessera.oauth.client_auth import ClientAuthenticator, assertion_replayed
+from tessera.oauth.errors import InvalidGrant, InvalidRequest, OAuthError
 from tessera.oauth.forms import Form
 from tessera.oauth.keys import KeyRing
 from tessera.oauth.revocation import TokenSelector
 from tessera.oauth.tokens import IssuedToken, NotOurToken, read_access_token
 from tessera.store.interfaces import AssertionRecorder, AssertionReplayed, AuditSink, TokenReader, TokenRevoker
 
-__all__ = ["RevocationEndpoint", "authenticate_caller"]
+__all__ = ["RevocationEndpoint"]
 
 log = logging.getLogger("tessera.revocation")
-
-
-async def authenticate_caller(
-    authenticator: ClientAuthenticator, headers: Mapping[str, str], form: Form
-) -> AuthenticatedClient:
-    """Client authentication exactly as at the token endpoint; a public client (``none``) is refused."""
-    authn = await authenticator.authenticate(headers, form)
-    if authn.method == "none":
-        raise InvalidClient("this endpoint requires client authentication", client_id=authn.client.client_id)
-    return authn
-
-
-def replayed(authn: AuthenticatedClient) -> InvalidClient:
-    # RFC 7523 §3 (7): a jti seen before means the assertion is replayed.
-    return InvalidClient("client_assertion was already used (jti replay)", client_id=authn.client.client_id)
 
 
 class RevocationEndpoint:
@@ -75,7 +60,7 @@ class RevocationEndpoint:
         """Revoke the token if it is the caller's; returns what was revoked (empty: nothing to do)."""
         client_id: str | None = None
         try:
-            authn = await authenticate_caller(self._authenticator, headers, form)
+            authn = await self._authenticator.authenticate_confidential(headers, form)
             client_id = authn.client.client_id
             value = form.get("token")
             if not value:
@@ -92,7 +77,7 @@ class RevocationEndpoint:
                     TokenSelector(jti=record.jti), actor=client_id, via="rfc7009", assertion=authn.assertion
                 )
             except AssertionReplayed:
-                raise replayed(authn) from None
+                raise assertion_replayed(client_id) from None
         except OAuthError as e:
             await self._refused(e, e.client_id or client_id)
             raise

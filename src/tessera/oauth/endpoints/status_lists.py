@@ -53,9 +53,7 @@ def aggregation_uri(issuer: str) -> str:
     return issuer + "/oauth/status"
 
 
-def status_list_token(
-    *, key: SigningKey, issuer: str, state: StatusListState, now: int, ttl: int, exp: int
-) -> str:
+def status_list_token(*, key: SigningKey, issuer: str, state: StatusListState, now: int, ttl: int, exp: int) -> str:
     """The signed Status List Token (§5.1) of a stored list."""
     header = {"alg": key.alg, "kid": key.kid, "typ": TYP}
     claims = {

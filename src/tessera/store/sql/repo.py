@@ -253,9 +253,7 @@ def revoke_tokens(conn: sa.Connection, selector: TokenSelector, now: int, not_ex
 _STATUS_LOCK = 7_261_173_303
 
 
-def claim_status_segment(
-    conn: sa.Connection, list_size: int, claimed_by: str, now: int
-) -> tuple[StatusSegment, bool]:
+def claim_status_segment(conn: sa.Connection, list_size: int, claimed_by: str, now: int) -> tuple[StatusSegment, bool]:
     """Claim a random unclaimed segment of the newest list that has one, or of a new list.
 
     Returns the segment and whether a list was created. The caller's transaction must be a write
@@ -292,14 +290,10 @@ def claim_status_segment(
         )
     segment = secrets.choice([n for n in range(total) if n not in taken])
     conn.execute(
-        sa.insert(status_segments).values(
-            list_id=list_id, segment=segment, claimed_at=now, claimed_by=claimed_by[:128]
-        )
+        sa.insert(status_segments).values(list_id=list_id, segment=segment, claimed_at=now, claimed_by=claimed_by[:128])
     )
     conn.execute(
-        sa.update(status_lists)
-        .where(lists.list_id == list_id)
-        .values(segments_claimed=lists.segments_claimed + 1)
+        sa.update(status_lists).where(lists.list_id == list_id).values(segments_claimed=lists.segments_claimed + 1)
     )
     return StatusSegment(list_id, segment * seg_size, seg_size), created
 
@@ -312,9 +306,7 @@ def get_status_list(conn: sa.Connection, list_id: int) -> StatusListState | None
     if row is None:
         return None
     t = issued_tokens.c
-    entries = conn.execute(
-        sa.select(t.status_idx, t.status).where(t.status_list == list_id, t.status > VALID)
-    ).all()
+    entries = conn.execute(sa.select(t.status_idx, t.status).where(t.status_list == list_id, t.status > VALID)).all()
     return StatusListState(list_id, int(row.bits), int(row.size), [(int(i), int(v)) for i, v in entries])
 
 
