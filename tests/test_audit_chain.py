@@ -342,8 +342,6 @@ def test_export_of_a_tampered_log_fails_independent_verification(db_copy: LiveSe
         assert first_bad(lines) is None
 
 
-@pytest.mark.xfail(strict=True, reason="audit verify/export open the runtime with migrate=False on a database "
-                   "without the schema: an SQLAlchemy traceback, and an empty tessera.db is left behind")
 def test_verify_without_a_database_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     env = LiveServer(tmp_path / "data")
     r = env.cli("audit", "verify")

@@ -350,7 +350,7 @@ INVALID_SETTINGS = {
     "port-out-of-range": ({"TESSERA_PORT": "70000"}, "config", "TESSERA_PORT"),
     "signing-alg": ({"TESSERA_SIGNING_ALGS": "HS256"}, "keys", "TESSERA_SIGNING_ALGS"),
     "log-level": ({"TESSERA_LOG_LEVEL": "loud"}, "config", "TESSERA_LOG_LEVEL"),
-    "database-url": ({"TESSERA_DATABASE_URL": "mysql://db/x"}, "db", "database_url must start with"),
+    "database-url": ({"TESSERA_DATABASE_URL": "mysql://db/x"}, "db", "(TESSERA_DATABASE_URL): must start with"),
     "kek-malformed": ({"TESSERA_KEK": "not base64!"}, "init", "TESSERA_KEK"),
     "config-missing": ({"TESSERA_CONFIG": "/nonexistent/tessera.toml"}, "config", "no such file"),
 }

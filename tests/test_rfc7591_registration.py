@@ -262,8 +262,6 @@ def test_read_returns_the_client_without_secrets(server: LiveServer) -> None:
         assert needle not in r.text
 
 
-@pytest.mark.xfail(strict=True, reason="RFC 7592 §3: the client information response MUST include "
-                   "registration_access_token; read/update omit it (registration.py read()/update())")
 def test_read_response_includes_the_registration_access_token(server: LiveServer) -> None:
     reg = server.register()
     r = httpx.get(reg["registration_client_uri"], headers=_bearer(reg["registration_access_token"]), timeout=10)

@@ -144,9 +144,6 @@ def test_cli_help_works_in_the_sdk_install(sdk: SdkVenv) -> None:
     assert "verify" in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="bug in src/tessera/cli/main.py _Group.invoke: `except Exception` catches "
-                                       "click's Exit/UsageError and imports tessera.oauth (joserfc) -> traceback, "
-                                       "exit 1, in the base install")
 def test_cli_verify_help_and_usage_errors_in_the_sdk_install(sdk: SdkVenv) -> None:
     r = sdk.run(sdk.tessera, "verify", "--help")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -57,6 +57,7 @@ class Settings(BaseModel):
     )
     database_url: str = Field(
         "",
+        repr=False,
         description="sqlite:///PATH or postgresql://USER:PASS@HOST/DB. Default: the SQLite file DATA_DIR/tessera.db.",
     )
     host: str = Field("127.0.0.1", description="Address `tessera serve` listens on.")
@@ -146,6 +147,7 @@ class Settings(BaseModel):
     log_level: str = Field("info", description="debug, info, warning or error.")
     clients: list[dict[str, Any]] = Field(
         default_factory=list,
+        repr=False,
         description="Clients declared in the config "
         "file (RFC 7591 metadata plus client_id and, for secret methods, "
         "client_secret_sha256 or client_secret). Synced on start.",
@@ -179,16 +181,28 @@ class Settings(BaseModel):
         if not self.issuer:
             host = self.host if ":" not in self.host else f"[{self.host}]"
             object.__setattr__(self, "issuer", f"http://{host}:{self.port}")
-        _check_issuer(self.issuer)
+        try:
+            _check_issuer(self.issuer)
+        except ValueError as e:
+            raise ValueError(f"issuer (TESSERA_ISSUER): {e}") from None
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'tessera.db').absolute()}")
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
-            raise ValueError("database_url must start with sqlite:/// or postgresql://")
+            raise ValueError("database_url (TESSERA_DATABASE_URL): must start with sqlite:/// or postgresql://")
         return self
 
     @property
     def audience_default(self) -> str:
         return self.default_audience or self.issuer
+
+    def warnings(self) -> list[str]:
+        """What an operator should hear about at start-up (not on every CLI command)."""
+        out = []
+        if self.issuer.startswith("http://"):
+            out.append(f"issuer {self.issuer} uses http://: acceptable for local development only")
+        if not self.kek:
+            out.append("TESSERA_KEK is not set: private keys are sealed with a key file kept in the data directory")
+        return out
 
     def masked(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
@@ -212,10 +226,8 @@ def _check_issuer(issuer: str) -> None:
         raise ValueError("issuer must not have a query or fragment (RFC 8414 §2)")
     if issuer.endswith("/"):
         raise ValueError("issuer must not end with '/': it is compared as an exact string")
-    if parts.scheme == "http":
-        if not is_loopback_host(parts.hostname):
-            raise ValueError("issuer must use https; http:// is allowed only for loopback hosts")
-        log.warning("issuer %s uses http://: acceptable for local development only", issuer)
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError("issuer must use https; http:// is allowed only for loopback hosts")
 
 
 def _env_value(name: str, raw: str, annotation: Any) -> Any:
@@ -255,8 +267,14 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "settings"
-            lines.append(f"{loc} (TESSERA_{str(err['loc'][0]).upper() if err['loc'] else ''}): {err['msg']}")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if not err["loc"]:  # a check across settings: the message names its setting
+                lines.append(msg)
+            elif err["type"] == "extra_forbidden":
+                lines.append(f"{err['loc'][0]}: not a Tessera setting (config file key)")
+            else:
+                loc = ".".join(str(p) for p in err["loc"])
+                lines.append(f"{loc} (TESSERA_{str(err['loc'][0]).upper()}): {msg}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

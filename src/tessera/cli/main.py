@@ -52,14 +52,18 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own exits and usage errors
         except ImportError as e:
             _fail(f"{e.name or e}: the server is not installed here; pip install 'tessera[server]'")
         except Exception as e:
-            from tessera.oauth.errors import OAuthError
-            from tessera.oauth.keys import KekError
-            from tessera.settings import SettingsError
-
-            if isinstance(e, SettingsError | KekError):
+            try:
+                from tessera.oauth.errors import OAuthError
+                from tessera.oauth.keys import KekError, TooManyKeys
+                from tessera.settings import SettingsError
+            except ImportError:
+                raise e from None  # the relying-party install: nothing of the server to translate
+            if isinstance(e, SettingsError | KekError | TooManyKeys):
                 _fail(str(e))
             if isinstance(e, OAuthError):
                 _fail(f"{e.error}: {e.description}")
@@ -330,12 +334,24 @@ def keys_rotate(alg: str | None) -> None:
     The retired key stays in the JWKS until every token it signed has expired. Running servers
     pick the change up within TESSERA_KEY_REFRESH_INTERVAL.
     """
+    from tessera.oauth.keys import KeyState
+    from tessera.store.sql import repo
+
     rt = _runtime()
     try:
         s = rt.settings
         alg = alg or s.signing_algs[0]
         if alg not in s.signing_algs:
             _fail(f"--alg must be one of {s.signing_algs}", 2)
+        now = int(rt.clock.now())
+        for k in rt.store.read(repo.load_keys):
+            if k.alg == alg and k.state is KeyState.NEXT and now - k.created_at < s.jwks_max_age:
+                click.echo(
+                    f"warning: the next {alg} key was published {now - k.created_at} s ago, less than the JWKS "
+                    f"cache lifetime ({s.jwks_max_age} s): relying parties that do not refetch on an unknown kid "
+                    "may refuse new tokens until their cache expires",
+                    err=True,
+                )
         plan = rt.store.rotate_keys(
             alg,
             rt.kek,
@@ -439,14 +455,33 @@ def audit() -> None:
     """The tamper-evident audit log."""
 
 
+def _audit_store() -> Any:
+    """The store, opened read-only in spirit: no KEK, no keys, no schema changes, nothing created."""
+    from tessera.clock import SystemClock
+    from tessera.settings import load_settings
+    from tessera.store.sql.engine import current_revision
+    from tessera.store.sql.store import SqlStore
+
+    settings = load_settings()
+    if settings.database_url.startswith("sqlite:///"):
+        path = Path(settings.database_url[len("sqlite:///") :])
+        if not path.exists():
+            _fail(f"no Tessera database at {path} (check TESSERA_DATA_DIR / TESSERA_DATABASE_URL)")
+    store = SqlStore(settings.database_url, SystemClock())
+    if current_revision(store.read_engine) is None:
+        store.close()
+        _fail("the database has no Tessera schema; run `tessera db upgrade`")
+    return store
+
+
 @audit.command("verify")
 def audit_verify() -> None:
     """Check the hash chain; report the first broken, reordered or missing record (exit 1)."""
-    rt = _runtime(migrate=False)
+    store = _audit_store()
     try:
-        report = rt.store.verify_audit()
+        report = store.verify_audit()
     finally:
-        rt.close()
+        store.close()
     if report.ok:
         click.echo(f"audit chain ok: {report.checked} records, head {report.head}")
     else:
@@ -466,11 +501,11 @@ def audit_export(output: str | None, after: int) -> None:
     from tessera.audit import canonical_json
     from tessera.store.sql import repo
 
-    rt = _runtime(migrate=False)
+    store = _audit_store()
     try:
         out = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
         try:
-            with rt.store.read_engine.connect() as conn:
+            with store.read_engine.connect() as conn:
                 for rec in repo.iter_audit(conn, after=after):
                     out.write(canonical_json(rec.as_json()) + b"\n")
         finally:
@@ -479,7 +514,7 @@ def audit_export(output: str | None, after: int) -> None:
             else:
                 out.flush()
     finally:
-        rt.close()
+        store.close()
 
 
 # -- verify (relying-party side: needs only the base install) -----------------------------------------

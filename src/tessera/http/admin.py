@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tessera.audit import AuditEvent
 from tessera.oauth.clients import Client, generate_secret, hash_secret, new_client, validate_metadata
 from tessera.oauth.errors import OAuthError
+from tessera.oauth.keys import TooManyKeys
 from tessera.oauth.revocation import selector_from_request
 from tessera.runtime import Runtime, client_policy
 from tessera.store.sql import repo
@@ -45,11 +48,12 @@ def admin_app(
         description="Clients, signing keys, token revocation and the audit log. Bearer admin token.",
     )
 
-    def admin(request: Request) -> str:
+    bearer = HTTPBearer(auto_error=False, scheme_name="adminToken", description="TESSERA_ADMIN_TOKEN")
+
+    def admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
         if not settings.admin_token:
             raise HTTPException(403, "the admin API is disabled: set TESSERA_ADMIN_TOKEN")
-        authz = request.headers.get("authorization", "")
-        token = authz[7:].strip() if authz[:7].lower() == "bearer " else ""
+        token = credentials.credentials if credentials is not None else ""
         if not token or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
             raise HTTPException(
                 401,
@@ -83,6 +87,13 @@ def admin_app(
         client = store.read(lambda c: repo.get_client(c, client_id))
         if client is None:
             raise HTTPException(404, "no such client")
+        return client
+
+    def _changeable(client_id: str) -> Client:
+        client = _get(client_id)
+        if client.source == "config":
+            # The config file is the source of truth for it: a change here would be undone at the next start.
+            raise HTTPException(409, "this client is declared in the config file; change it there")
         return client
 
     def _view(client: Client) -> dict[str, Any]:
@@ -124,7 +135,7 @@ def admin_app(
     def update_client(
         client_id: str, metadata: dict[str, Any] = Body(...), actor: str = Depends(admin)
     ) -> dict[str, Any]:
-        client = _get(client_id)
+        client = _changeable(client_id)
         metadata.pop("client_id", None)
         md = validate_metadata(metadata, client_policy(settings))
         secret = None
@@ -148,6 +159,7 @@ def admin_app(
 
     @app.delete("/clients/{client_id}", status_code=204, summary="Delete a client and revoke its unexpired tokens")
     async def delete_client(client_id: str, actor: str = Depends(admin)) -> Response:
+        await asyncio.to_thread(_changeable, client_id)
         event = AuditEvent("client.deleted", actor=actor, subject=client_id, data={"via": "admin"})
         if not await asyncio.to_thread(store.delete_client_now, client_id, event):
             raise HTTPException(404, "no such client")
@@ -156,7 +168,7 @@ def admin_app(
 
     @app.post("/clients/{client_id}/secret", summary="Rotate a client's secret (shown once)")
     def rotate_secret(client_id: str, actor: str = Depends(admin)) -> dict[str, Any]:
-        client = _get(client_id)
+        client = _changeable(client_id)
         if client.auth_method not in ("client_secret_basic", "client_secret_post"):
             raise HTTPException(400, "this client does not authenticate with a secret")
         secret = generate_secret()
@@ -177,17 +189,18 @@ def admin_app(
         alg = alg or settings.signing_algs[0]
         if alg not in settings.signing_algs:
             raise HTTPException(400, f"alg must be one of {settings.signing_algs}")
-        import asyncio
-
-        plan = await asyncio.to_thread(
-            store.rotate_keys,
-            alg,
-            runtime.kek,
-            max_token_lifetime=settings.access_token_lifetime,
-            refresh_interval=settings.key_refresh_interval,
-            leeway=settings.leeway,
-            actor=actor,
-        )
+        try:
+            plan = await asyncio.to_thread(
+                store.rotate_keys,
+                alg,
+                runtime.kek,
+                max_token_lifetime=settings.access_token_lifetime,
+                refresh_interval=settings.key_refresh_interval,
+                leeway=settings.leeway,
+                actor=actor,
+            )
+        except TooManyKeys as e:
+            raise HTTPException(409, str(e)) from None
         await keys.reload()
         return {"events": [{"event": e, **d} for e, d in plan.events]}
 
@@ -220,4 +233,29 @@ def admin_app(
     def audit_verify(_: str = Depends(admin)) -> dict[str, Any]:
         return store.verify_audit().as_json()
 
+    def openapi() -> dict[str, Any]:
+        """The generated document, told the truth about errors: 400/401/403 with the error body, never 422."""
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        schemas["Error"] = {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+        }
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for item in doc.get("paths", {}).values():
+            for op in item.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                responses.setdefault("400", {"description": "Invalid request", **error})
+                responses.setdefault("401", {"description": "Missing or wrong admin token", **error})
+                responses.setdefault("403", {"description": "The admin API is disabled", **error})
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

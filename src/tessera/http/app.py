@@ -362,4 +362,6 @@ def create_app() -> Any:
     """Factory for uvicorn (also used by each worker process): configuration from the environment."""
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for warning in settings.warnings():
+        log.warning("%s", warning)
     return build_app(open_runtime(settings))

@@ -45,6 +45,7 @@ __all__ = [
     "KeyRing",
     "KeyState",
     "SigningKey",
+    "TooManyKeys",
     "new_key",
     "plan_bootstrap",
     "plan_revocation",
@@ -54,6 +55,10 @@ __all__ = [
 ]
 
 MAX_PUBLISHED_KEYS_PER_ALG = 6
+
+
+class TooManyKeys(Exception):
+    """A rotation would push a retired key out of the JWKS before its tokens expire."""
 
 
 class KekError(Exception):
@@ -246,11 +251,28 @@ def plan_rotation(
     refresh_interval: float,
     leeway: int,
 ) -> KeyPlan:
-    """next → active, active → retired (kept published until its tokens expire), a new next key."""
+    """next → active, active → retired (kept published until its tokens expire), a new next key.
+
+    Raises ``TooManyKeys`` when the rotation would publish more than ``MAX_PUBLISHED_KEYS_PER_ALG``
+    keys: a retired key must stay in the JWKS until its last token expires, so the cap is enforced
+    by refusing the rotation, never by dropping a key early. (A compromised key is revoked, not rotated.)
+    """
     inserts: list[KeyRecord] = []
     updates: list[KeyRecord] = []
     events: list[tuple[str, dict[str, Any]]] = []
     current = [r for r in records if r.alg == alg]
+    published = [
+        r
+        for r in current
+        if r.state in (KeyState.NEXT, KeyState.ACTIVE)
+        or (r.state is KeyState.RETIRED and (r.remove_after is None or r.remove_after > now))
+    ]
+    if len(published) + 1 > MAX_PUBLISHED_KEYS_PER_ALG:
+        soonest = min((r.remove_after or now) for r in published if r.state is KeyState.RETIRED)
+        raise TooManyKeys(
+            f"rotating now would publish more than {MAX_PUBLISHED_KEYS_PER_ALG} {alg} keys; the oldest retired key "
+            f"leaves the JWKS at {soonest} (epoch seconds). To stop a compromised key, revoke it instead."
+        )
     nxt = next((r for r in current if r.state is KeyState.NEXT), None)
     if nxt is None:
         # No pre-published key: one is created and activated at once (relying parties refetch on unknown kid).

@@ -12,7 +12,7 @@ class Report(NamedTuple):
 
     #: seconds since the keys used were fetched (or the bundle was issued)
     keys_age: float | None
-    #: seconds since the status list used was fetched; None when the token has no status entry
+    #: how old the status information is: seconds since the list token's iat; None without a status entry
     status_age: float | None
     #: True when a refresh was due but the decision used older cached data within its limit
     stale: bool

@@ -71,6 +71,8 @@ class StatusEntry:
     exp: float | None
     #: until when a lookup may skip every freshness decision (the verifier's hot path)
     fast_until: float = 0.0
+    #: the list token's iat (never later than its fetch): how old the information itself is
+    issued_at: float = 0.0
 
 
 @dataclass
@@ -336,17 +338,23 @@ class TrustStore:
         sl = claims.get("status_list")
         if not isinstance(sl, dict):
             raise StatusUnavailable("status list token has no status_list")
+        held = self._lists.get(uri)
+        if held is not None and iat < held.issued_at:
+            # A replayed or cached older list must never replace newer information (revocations are one-way).
+            raise StatusUnavailable("status list token is older than the one already held")
         decoded = decode_status_list(sl.get("bits"), sl.get("lst"), self.policy.max_status_list_bytes)
+        fetched = now if fetched_at is None else fetched_at
         entry = StatusEntry(
             uri,
             decoded,
-            now if fetched_at is None else fetched_at,
+            fetched,
             max(float(ttl) if ttl is not None else self.policy.status_min_ttl, self.policy.status_min_ttl),
             float(exp) if exp is not None else None,
+            issued_at=min(float(iat), fetched),
         )
         if self.source == "network":
             due = entry.fetched_at + entry.ttl * (0.8 if self.policy.background_refresh else 1.0)
-            limits = [due, entry.fetched_at + self.policy.status_max_age]
+            limits = [due, entry.issued_at + self.policy.status_max_age]
         else:
             limits = [self.bundle_exp or 0.0]
         if entry.exp is not None:
@@ -454,9 +462,9 @@ class TrustStore:
         now = self.now()
         if e.exp is not None and now >= e.exp + self.policy.leeway:
             raise TrustDataStale("the cached status list has expired and could not be refreshed")
-        if self.bundle_exp is None and now - e.fetched_at > self.policy.status_max_age:
+        if self.bundle_exp is None and now - e.issued_at > self.policy.status_max_age:
             raise TrustDataStale(
-                f"the status list is {int(now - e.fetched_at)} s old (limit {int(self.policy.status_max_age)} s)"
+                f"the status list is {int(now - e.issued_at)} s old (limit {int(self.policy.status_max_age)} s)"
             )
         return e, now >= e.fetched_at + e.ttl or (e.exp is not None and now >= e.exp)
 

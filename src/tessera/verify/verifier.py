@@ -164,7 +164,7 @@ class Verifier:
         ref = self._status_reference(claims)
         if ref is not None:
             entry, status_stale = self.trust.status_sync(ref[0])
-            status_age, stale = self._clock() - entry.fetched_at, stale or status_stale
+            status_age, stale = self._clock() - entry.issued_at, stale or status_stale
             self._check_status(entry.status_list.get(ref[1]))
         return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
 
@@ -177,7 +177,7 @@ class Verifier:
         ref = self._status_reference(claims)
         if ref is not None:
             entry, status_stale = await self.trust.status_async(ref[0])
-            status_age, stale = self._clock() - entry.fetched_at, stale or status_stale
+            status_age, stale = self._clock() - entry.issued_at, stale or status_stale
             self._check_status(entry.status_list.get(ref[1]))
         return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
 

@@ -124,7 +124,10 @@ class RegistrationEndpoint:
         return client
 
     async def read(self, client_id: str, authorization: str | None) -> dict[str, Any]:
-        return self._response(await self._authorized(client_id, authorization))
+        # RFC 7592 §3: the client information response includes the registration access token; the one
+        # presented is still the valid one (it is only stored hashed, so it is echoed, not looked up).
+        client = await self._authorized(client_id, authorization)
+        return self._response(client, rat=bearer_token(authorization))
 
     async def update(self, client_id: str, authorization: str | None, body: Any) -> dict[str, Any]:
         client = await self._authorized(client_id, authorization)
@@ -163,7 +166,7 @@ class RegistrationEndpoint:
                 data={"metadata": metadata, "via": "rfc7592", "secret_issued": secret is not None},
             ),
         )
-        return self._response(updated, secret=secret)
+        return self._response(updated, secret=secret, rat=bearer_token(authorization))
 
     async def delete(self, client_id: str, authorization: str | None) -> None:
         client = await self._authorized(client_id, authorization)
