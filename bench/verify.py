@@ -49,8 +49,14 @@ def make_keys(alg: str) -> tuple[Any, dict[str, str]]:
     if alg == "ES256":
         k = ec.generate_private_key(ec.SECP256R1())
         n = k.public_key().public_numbers()
-        return k, {"kty": "EC", "crv": "P-256", "x": b64u(n.x.to_bytes(32, "big")), "y": b64u(n.y.to_bytes(32, "big")),
-                   "kid": "bench-es", "alg": "ES256"}
+        return k, {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64u(n.x.to_bytes(32, "big")),
+            "y": b64u(n.y.to_bytes(32, "big")),
+            "kid": "bench-es",
+            "alg": "ES256",
+        }
     k2 = ed25519.Ed25519PrivateKey.generate()
     from cryptography.hazmat.primitives import serialization
 
@@ -59,8 +65,11 @@ def make_keys(alg: str) -> tuple[Any, dict[str, str]]:
 
 
 def sign(alg: str, key: Any, header: dict[str, Any], claims: dict[str, Any]) -> str:
-    si = b64u(json.dumps(header, separators=(",", ":")).encode()) + "." + b64u(
-        json.dumps(claims, separators=(",", ":")).encode())
+    si = (
+        b64u(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + b64u(json.dumps(claims, separators=(",", ":")).encode())
+    )
     if alg == "ES256":
         r, s = decode_dss_signature(key.sign(si.encode(), ec.ECDSA(hashes.SHA256())))
         sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
@@ -84,8 +93,14 @@ def rates(fns: dict[str, Callable[[int], None]], n: int, rounds: int = 7) -> dic
 def bench_alg(alg: str, n: int) -> dict[str, float]:
     key, jwk = make_keys(alg)
     now = int(time.time())
-    list_claims = {"iss": ISSUER, "sub": LIST_URI, "iat": now, "exp": now + 3600, "ttl": 3600,
-                   "status_list": {"bits": 2, "lst": encode_status_list(2, {7: 1}, 131072)}}
+    list_claims = {
+        "iss": ISSUER,
+        "sub": LIST_URI,
+        "iat": now,
+        "exp": now + 3600,
+        "ttl": 3600,
+        "status_list": {"bits": 2, "lst": encode_status_list(2, {7: 1}, 131072)},
+    }
     list_token = sign(alg, key, {"alg": jwk["alg"], "kid": jwk["kid"], "typ": "statuslist+jwt"}, list_claims)
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -98,9 +113,17 @@ def bench_alg(alg: str, n: int) -> dict[str, float]:
     tokens = []
     header = {"alg": jwk["alg"], "typ": "at+jwt", "kid": jwk["kid"]}
     for i in range(n):
-        claims = {"iss": ISSUER, "sub": f"client-{i % 50}", "aud": AUD, "exp": now + 900, "iat": now,
-                  "jti": secrets.token_urlsafe(18), "client_id": f"client-{i % 50}", "scope": "read write",
-                  "status": {"status_list": {"idx": 1000 + i, "uri": LIST_URI}}}
+        claims = {
+            "iss": ISSUER,
+            "sub": f"client-{i % 50}",
+            "aud": AUD,
+            "exp": now + 900,
+            "iat": now,
+            "jti": secrets.token_urlsafe(18),
+            "client_id": f"client-{i % 50}",
+            "scope": "read write",
+            "status": {"status_list": {"idx": 1000 + i, "uri": LIST_URI}},
+        }
         tokens.append(sign(alg, key, header, claims))
     pub = key.public_key()
     ecdsa = ec.ECDSA(hashes.SHA256())
@@ -128,12 +151,23 @@ def bench_alg(alg: str, n: int) -> dict[str, float]:
             pyjwt.decode(t, pyjwt_key, algorithms=[jwk["alg"]], audience=AUD, issuer=ISSUER)
 
     # Cold: the verified-signature cache is off, so every call verifies the signature like the baselines.
-    cold = Verifier(ISSUER, audiences=[AUD], algorithms=[jwk["alg"]], transport=httpx.MockTransport(handler),
-                    background_refresh=False, verified_cache_size=0)
+    cold = Verifier(
+        ISSUER,
+        audiences=[AUD],
+        algorithms=[jwk["alg"]],
+        transport=httpx.MockTransport(handler),
+        background_refresh=False,
+        verified_cache_size=0,
+    )
     cold.verify(tokens[0])  # warm the key and status caches, as a running relying party has them
     # Repeat: the same tokens presented again (a workload reuses its token for many calls).
-    warm = Verifier(ISSUER, audiences=[AUD], algorithms=[jwk["alg"]], transport=httpx.MockTransport(handler),
-                    background_refresh=False)
+    warm = Verifier(
+        ISSUER,
+        audiences=[AUD],
+        algorithms=[jwk["alg"]],
+        transport=httpx.MockTransport(handler),
+        background_refresh=False,
+    )
     for t in tokens:
         warm.verify(t)
 
@@ -145,8 +179,9 @@ def bench_alg(alg: str, n: int) -> dict[str, float]:
         for t in tokens[:m]:
             warm.verify(t)
 
-    return rates({"raw": raw_verify, "pyjwt": with_pyjwt, "tessera": with_tessera,
-                  "tessera_repeat": with_tessera_repeat}, n)
+    return rates(
+        {"raw": raw_verify, "pyjwt": with_pyjwt, "tessera": with_tessera, "tessera_repeat": with_tessera_repeat}, n
+    )
 
 
 def bench_lists() -> dict[str, float]:
@@ -161,8 +196,13 @@ def bench_lists() -> dict[str, float]:
         decoded = decode_status_list(1, lst)
         times.append(time.perf_counter() - t0)
     assert decoded.get(97) == 1 and decoded.get(98) == 0
-    return {"entries": size, "lst_bytes": len(lst), "encode_ms": enc * 1000, "decode_ms": statistics.median(times) * 1000,
-            "raw_zlib_bytes": len(zlib.compress(bytes(125000), 9))}
+    return {
+        "entries": size,
+        "lst_bytes": len(lst),
+        "encode_ms": enc * 1000,
+        "decode_ms": statistics.median(times) * 1000,
+        "raw_zlib_bytes": len(zlib.compress(bytes(125000), 9)),
+    }
 
 
 def main() -> None:
@@ -173,19 +213,25 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     results: dict[str, Any] = {}
-    print(f"{'alg':8} {'raw/s':>10} {'pyjwt/s':>10} {'tessera/s':>10} {'vs raw':>8} {'vs pyjwt':>9} "
-          f"{'repeat/s':>10} {'repeat vs raw':>14}")
+    print(
+        f"{'alg':8} {'raw/s':>10} {'pyjwt/s':>10} {'tessera/s':>10} {'vs raw':>8} {'vs pyjwt':>9} "
+        f"{'repeat/s':>10} {'repeat vs raw':>14}"
+    )
     for alg in ("ES256", "EdDSA"):
         r = bench_alg(alg, args.n)
         r["ratio_raw"] = r["tessera"] / r["raw"]
         r["ratio_pyjwt"] = r["tessera"] / r["pyjwt"]
         results[alg] = r
-        print(f"{alg:8} {r['raw']:10.0f} {r['pyjwt']:10.0f} {r['tessera']:10.0f} {r['ratio_raw']:8.2f} "
-              f"{r['ratio_pyjwt']:9.2f} {r['tessera_repeat']:10.0f} {r['tessera_repeat'] / r['raw']:14.2f}")
+        print(
+            f"{alg:8} {r['raw']:10.0f} {r['pyjwt']:10.0f} {r['tessera']:10.0f} {r['ratio_raw']:8.2f} "
+            f"{r['ratio_pyjwt']:9.2f} {r['tessera_repeat']:10.0f} {r['tessera_repeat'] / r['raw']:14.2f}"
+        )
     lists = bench_lists()
     results["status_list_1m"] = lists
-    print(f"status list, {lists['entries']} entries, 1 bit: lst {lists['lst_bytes']} chars, "
-          f"encode {lists['encode_ms']:.1f} ms, decode {lists['decode_ms']:.1f} ms")
+    print(
+        f"status list, {lists['entries']} entries, 1 bit: lst {lists['lst_bytes']} chars, "
+        f"encode {lists['encode_ms']:.1f} ms, decode {lists['decode_ms']:.1f} ms"
+    )
     ok = all(results[a]["ratio_raw"] >= 0.85 and results[a]["ratio_pyjwt"] > 1 for a in ("ES256", "EdDSA"))
     print("target (>= 0.85x raw, > 1x PyJWT):", "MET" if ok else "NOT MET")
     path = pathlib.Path(args.output)
