@@ -9,10 +9,11 @@ responses. Every other request goes to the Starlette application unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+import orjson
 
 from tessera.oauth.endpoints.token import TokenEndpoint
 from tessera.oauth.errors import InvalidClient, InvalidRequest, OAuthError
@@ -90,7 +91,7 @@ class TokenFastPath:
 
     @staticmethod
     async def _respond(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> None:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = orjson.dumps(body)
         headers = [_JSON, (b"content-length", str(len(payload)).encode()), *_NO_STORE, *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

@@ -2,9 +2,10 @@
 
 - ``client_secret_basic`` / ``client_secret_post``: RFC 6749 §2.3.1. Secrets are stored as SHA-256
   digests (they are 256-bit random values we generated) and compared in constant time.
-- ``private_key_jwt``: RFC 7523 §2.2 and §3, OpenID Connect Core §9. The assertion is parsed and
-  verified by joserfc with an explicit algorithm allow-list; the key is chosen among the client's
-  registered keys only (``jku``, ``x5u``, ``jwk`` headers are never followed).
+- ``private_key_jwt``: RFC 7523 §2.2 and §3, OpenID Connect Core §9. The assertion's signature is
+  verified with an explicit algorithm allow-list — ES256, EdDSA, RS256 and PS256 by the verifier
+  SDK's Wycheproof-tested JWS code, the rarer algorithms by joserfc; the key is chosen among the
+  client's registered keys only (``jku``, ``x5u``, ``jwk`` headers are never followed).
 - ``none`` never authenticates: it only names a public client, which no confidential grant accepts.
 
 RFC 6749 §2.3: a client MUST NOT use more than one authentication method in a request.
@@ -31,6 +32,8 @@ from joserfc.jwk import KeySet
 
 from tessera.oauth.clients import ASSERTION_ALGS, SECRET_METHODS, Client, secret_matches
 from tessera.oauth.errors import InvalidClient, InvalidRequest
+from tessera.verify.errors import VerificationError
+from tessera.verify.jws import PublicKey, b64url_decode, public_key_from_jwk, verify_signature
 
 __all__ = [
     "JWT_BEARER_ASSERTION_TYPE",
@@ -43,6 +46,9 @@ __all__ = [
 
 JWT_BEARER_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_BYTES = 8192
+#: algorithms verified by the verifier SDK's JWS code; the others (ES384, ES512, RS384, …) by joserfc
+FAST_ALGS = frozenset({"ES256", "EdDSA", "Ed25519", "RS256", "PS256"})
+_EDDSA = {"EdDSA", "Ed25519"}
 _ALGS_FOR_KTY = {
     "EC": {"ES256", "ES384", "ES512"},
     "RSA": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
@@ -110,6 +116,7 @@ class ClientAuthenticator:
         self._max_lifetime = assertion_max_lifetime
         self._leeway = leeway
         self._keysets: dict[tuple[str, int], KeySet] = {}
+        self._public: dict[tuple[str, int, int], list[PublicKey]] = {}
 
     async def authenticate(self, headers: Mapping[str, str], form: Mapping[str, str]) -> AuthenticatedClient:
         authz = headers.get("authorization")
@@ -213,7 +220,10 @@ class ClientAuthenticator:
             raise InvalidClient(f"client_assertion alg {str(alg)[:20]!r} is not accepted", client_id=sub)
         if "crit" in header:
             raise InvalidClient("client_assertion uses critical header parameters", client_id=sub)
-        claims = await self._verify_signature(client, value, header, alg)
+        if alg in FAST_ALGS:
+            claims = await self._verify_fast(client, parts, header, unverified, alg)
+        else:
+            claims = await self._verify_signature(client, value, header, alg)
         self._check_claims(client, claims)
         return AuthenticatedClient(
             client, "private_key_jwt", AssertionUse(client.client_id, claims["jti"], int(claims["exp"]))
@@ -235,6 +245,61 @@ class ClientAuthenticator:
             raise InvalidClient(
                 f"the client's jwks_uri did not serve usable keys: {e}", client_id=client.client_id
             ) from None
+
+    def _public_keys(self, client: Client, jwks: Mapping[str, Any]) -> list[PublicKey]:
+        cache_key = (client.client_id, client.updated_at, id(jwks) if "jwks" not in client.metadata else 0)
+        keys = self._public.get(cache_key)
+        if keys is None:
+            keys = []
+            for jwk in jwks.get("keys", []):
+                try:
+                    keys.append(public_key_from_jwk(jwk))
+                except (ValueError, VerificationError):
+                    continue  # a key of a type the fast path does not handle: only joserfc algorithms use it
+            if len(self._public) > 10_000:
+                self._public.clear()
+            self._public[cache_key] = keys
+        return keys
+
+    async def _verify_fast(
+        self, client: Client, parts: list[str], header: dict[str, Any], claims: dict[str, Any], alg: str
+    ) -> dict[str, Any]:
+        """ES256, EdDSA, RS256 and PS256 through the verifier SDK's JWS code (``tessera.verify.jws``: the
+        Wycheproof-tested path, with exact signature lengths and ECDSA range checks), which costs about half
+        of joserfc's decode on the benchmark machine. The claims were parsed before the signature was
+        checked; they count only once it verifies."""
+        kid = header.get("kid")
+        signing_input = (parts[0] + "." + parts[1]).encode("ascii", "replace")
+        try:
+            signature = b64url_decode(parts[2])
+        except VerificationError:
+            raise InvalidClient("client_assertion signature is not base64url", client_id=client.client_id) from None
+        for refresh in (False, True):
+            if "jwks" in client.metadata:
+                jwks: Mapping[str, Any] = client.metadata["jwks"]
+            else:
+                try:
+                    jwks = await self._fetch_jwks(client, refresh)
+                except ValueError as e:
+                    raise InvalidClient(
+                        f"the client's jwks_uri did not serve usable keys: {e}", client_id=client.client_id
+                    ) from None
+            candidates = [
+                k
+                for k in self._public_keys(client, jwks)
+                if (kid is None or k.kid == kid) and (k.alg is None or k.alg == alg or {k.alg, alg} == _EDDSA)
+            ]
+            if candidates or "jwks" in client.metadata:
+                break
+        for key in candidates[:4]:
+            try:
+                verify_signature(alg, key, signing_input, signature)
+            except VerificationError:
+                continue
+            return claims
+        raise InvalidClient(
+            "client_assertion signature does not verify with the client's registered keys", client_id=client.client_id
+        )
 
     async def _verify_signature(self, client: Client, value: str, header: dict[str, Any], alg: str) -> dict[str, Any]:
         kid = header.get("kid")

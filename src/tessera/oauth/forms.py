@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 from tessera.oauth.errors import InvalidRequest
@@ -17,6 +18,7 @@ __all__ = ["REPEATABLE", "Form", "parse_form"]
 
 REPEATABLE = frozenset({"resource", "audience"})
 MAX_PARAMS = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -35,6 +37,13 @@ class Form(Mapping[str, str]):
                 self._single[name] = value
         for name, values in self._multi.items():
             self._single[name] = values[0]
+
+    # Direct dict lookups: the Mapping mixins go through __getitem__ and a KeyError per miss.
+    def __contains__(self, key: object) -> bool:
+        return key in self._single
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._single.get(key, default)
 
     def getlist(self, name: str) -> list[str]:
         return list(self._multi.get(name, []))
@@ -70,7 +79,7 @@ def parse_form(body: bytes) -> Form:
     except ValueError:
         raise InvalidRequest("the form body is not valid application/x-www-form-urlencoded") from None
     for name, value in pairs:
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + value):
+        if _CONTROL.search(name) or _CONTROL.search(value):
             raise InvalidRequest("form parameters must not contain control characters")
     # RFC 6749 §3.1: parameters sent without a value MUST be treated as if they were omitted.
     return Form([(n, v) for n, v in pairs if v != ""])

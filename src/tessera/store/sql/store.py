@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +27,8 @@ from tessera.store.sql.writer import GroupCommitWriter
 
 __all__ = ["SqlStore"]
 
+log = logging.getLogger("tessera.store")
+
 
 class SqlStore:
     def __init__(self, url: str, clock: Clock, *, client_cache_ttl: float = 1.0, leeway: int = 0) -> None:
@@ -34,6 +38,8 @@ class SqlStore:
         self.leeway = leeway
         self.write_engine, self.read_engine = create_engines(url)
         self.writer = GroupCommitWriter(self.write_engine, self.now_ms)
+        self._checkpointer: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._cache_ttl = client_cache_ttl
         self._cache: dict[str, tuple[float, Client | None]] = {}
 
@@ -43,8 +49,29 @@ class SqlStore:
 
     def start(self) -> None:
         self.writer.start()
+        if self.write_engine.dialect.name == "sqlite" and self._checkpointer is None:
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="tessera-checkpoint", daemon=True)
+            self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """SQLite only: move WAL frames into the database file (and fsync) off the request path.
+
+        The serving process turns off SQLite's automatic checkpoint, which would otherwise run, with its
+        fsync, inside whichever commit crossed the threshold (measured: ~1.5 ms per group commit on
+        average). A PASSIVE checkpoint never blocks writers; the GIL is free while it waits on the disk.
+        """
+        while not self._stopping.wait(1.0):
+            try:
+                with self.read_engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception:  # a busy or failing checkpoint is retried on the next tick
+                log.debug("WAL checkpoint failed", exc_info=True)
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
+            self._checkpointer = None
         self.writer.stop()
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:

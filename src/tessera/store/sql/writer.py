@@ -54,31 +54,62 @@ _STOP = object()
 
 
 class GroupCommitWriter:
-    def __init__(self, engine: sa.Engine, now_ms: Callable[[], int], max_batch: int = 512) -> None:
+    def __init__(
+        self, engine: sa.Engine, now_ms: Callable[[], int], max_batch: int = 512, *, inline: bool | None = None
+    ) -> None:
         self._engine = engine
         self._now_ms = now_ms
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # SQLite (in-process, no network wait) commits on the event loop itself: a writer thread would
+        # only fight the loop for the GIL, which measured as ~250 µs of lost CPU per token request.
+        # PostgreSQL commits wait on the network and the disk, so they run on the writer thread.
+        self._inline = engine.dialect.name == "sqlite" if inline is None else inline
+        self._running = False
+        self._pending: list[_Item] = []
+        self._flush_scheduled = False
         self.batches = 0
         self.units = 0
 
     def start(self) -> None:
-        if self._thread is None:
+        self._running = True
+        if self._engine.dialect.name == "sqlite":
+            # Checkpoints are the store's checkpoint thread's job while the server runs (see SqlStore.start).
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        if not self._inline and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tessera-writer", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
+        self._running = False
+        if self._pending:
+            self._flush_inline()
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout=30)
             self._thread = None
 
     def _put(self, item: _Item) -> asyncio.Future[Any]:
-        if self._thread is None:
+        if not self._running:
             raise RuntimeError("the writer is not running")
-        self._queue.put(item)
+        if self._inline:
+            self._pending.append(item)
+            if not self._flush_scheduled:
+                # Everything submitted before this callback runs (this loop iteration) joins the batch.
+                self._flush_scheduled = True
+                item.loop.call_soon(self._flush_inline)
+        else:
+            self._queue.put(item)
         return item.future
+
+    def _flush_inline(self) -> None:
+        self._flush_scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            for item, (ok, value) in zip(batch, self._commit(batch), strict=True):
+                _resolve(item.future, ok, value)
 
     async def submit(self, work: Callable[[sa.Connection], tuple[T, list[AuditEvent]]]) -> T:
         """Run ``work`` (returning a value and its audit events) in the next group commit."""
@@ -110,22 +141,25 @@ class GroupCommitWriter:
                     stop = True
                     break
                 batch.append(nxt)
-            try:
-                outcomes = self._transaction(batch)
-            except Exception:
-                log.warning("group commit of %d writes failed; retrying them one by one", len(batch), exc_info=True)
-                outcomes = []
-                for item in batch:
-                    try:
-                        outcomes.extend(self._transaction([item]))
-                    except Exception as e:
-                        outcomes.append((False, e))
-            self.batches += 1
-            self.units += len(batch)
-            for item, (ok, value) in zip(batch, outcomes, strict=True):
+            for item, (ok, value) in zip(batch, self._commit(batch), strict=True):
                 item.loop.call_soon_threadsafe(_resolve, item.future, ok, value)
             if stop:
                 return
+
+    def _commit(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
+        try:
+            outcomes = self._transaction(batch)
+        except Exception:
+            log.warning("group commit of %d writes failed; retrying them one by one", len(batch), exc_info=True)
+            outcomes = []
+            for item in batch:
+                try:
+                    outcomes.extend(self._transaction([item]))
+                except Exception as e:
+                    outcomes.append((False, e))
+        self.batches += 1
+        self.units += len(batch)
+        return outcomes
 
     def _transaction(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = [(True, None)] * len(batch)
