@@ -34,6 +34,7 @@ from tessera.oauth.keys import (
     KeyRecord,
     KeyRing,
     KeyState,
+    TooManyKeys,
     new_key,
     plan_bootstrap,
     plan_rotation,
@@ -216,18 +217,33 @@ def test_keyring_publishes_next_active_and_unexpired_retired_keys_never_removed(
         assert kids(KeyRing.from_records(swept, kek, now)) == [active.kid, nxt.kid]
 
 
-def test_keyring_publishes_at_most_six_keys_per_alg(kek: KEK) -> None:
+def test_rotation_past_the_jwks_cap_is_refused_rather_than_dropping_a_live_key(kek: KEK) -> None:
+    """Retired keys must stay published until their tokens expire: the cap refuses the rotation instead."""
     records = apply([], plan_bootstrap([], ["ES256", "EdDSA"], kek, T0))
-    for i in range(1, 9):
+    for i in range(1, 5):  # active + next + 4 retired = 6 published
         records = apply(records, plan_rotation(records, "ES256", kek, T0 + i, **ROTATION))
-    retired = sorted((r for r in records if r.state is KeyState.RETIRED), key=lambda r: -(r.retired_at or 0))
-    assert len(retired) == 8
+    with pytest.raises(TooManyKeys, match="revoke it instead"):
+        plan_rotation(records, "ES256", kek, T0 + 5, **ROTATION)
     ring = KeyRing.from_records(records, kek, T0 + 10)
     es = [k["kid"] for k in ring.jwks["keys"] if k["alg"] == "ES256"]
+    retired = sorted((r for r in records if r.state is KeyState.RETIRED), key=lambda r: -(r.retired_at or 0))
     assert len(es) == MAX_PUBLISHED_KEYS_PER_ALG == 6
     assert es == [only(records, "ES256", KeyState.ACTIVE).kid, only(records, "ES256", KeyState.NEXT).kid,
-                  *[r.kid for r in retired[:4]]], "active, next, then the most recently retired"
+                  *[r.kid for r in retired]], "active, next, then the most recently retired"
     assert [k["alg"] for k in ring.jwks["keys"]].count("EdDSA") == 2, "the cap is per algorithm"
+    # Once the oldest retired key's tokens have expired it leaves, and rotation is possible again.
+    later = max(r.remove_after or 0 for r in retired[-1:])
+    records = apply(records, plan_sweep(records, later))
+    plan_rotation(records, "ES256", kek, later, **ROTATION)
+
+
+def test_keyring_caps_what_it_publishes_even_for_stored_records(kek: KEK) -> None:
+    """Records written by other means (older versions, manual repair) are still capped per algorithm."""
+    records = apply([], plan_bootstrap([], ["ES256"], kek, T0))
+    extra = [replace(new_key("ES256", KeyState.RETIRED, kek, T0), retired_at=T0 + i, remove_after=T0 + 10_000)
+             for i in range(8)]
+    ring = KeyRing.from_records(records + extra, kek, T0 + 10)
+    assert len(ring.jwks["keys"]) == MAX_PUBLISHED_KEYS_PER_ALG
 
 
 def test_keyring_never_publishes_removed_keys(kek: KEK) -> None:

@@ -401,9 +401,23 @@ def test_two_stores_on_one_database_append_to_one_chain(url: str, store: SqlStor
 async def in_one_batch(store: SqlStore, writes: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
     """Submit ``writes`` so that the writer commits them as one batch; their results or exceptions.
 
-    A first write blocks the writer thread inside its transaction until all the others are queued;
-    the writer then drains them together into the next batch.
+    With a writer thread (PostgreSQL), a first write blocks the thread inside its transaction until
+    all the others are queued; the writer then drains them together into the next batch. On SQLite the
+    writer commits on the event loop: everything submitted in one loop iteration is one batch.
     """
+    if store.writer._inline:
+        batches = store.writer.batches
+
+        async def first_write() -> str:
+            return await store.writer.submit(lambda conn: ("first", [AuditEvent("test.first")]))
+
+        first_inline = asyncio.ensure_future(first_write())
+        tasks = [asyncio.ensure_future(make()) for make in writes]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert await first_inline == "first"
+        assert store.writer.batches == batches + 1, "the writes were committed as one batch"
+        return results
+
     started, release = threading.Event(), threading.Event()
 
     def blocker(conn: sa.Connection) -> tuple[str, list[AuditEvent]]:
