@@ -291,6 +291,10 @@ def test_issuer_down_keeps_last_good_keys_until_keys_max_stale(issuer: FakeIssue
     clock.advance(86400)
     refused(v, issuer.token(), TrustDataStale)
     issuer.down = None
+    fetches = issuer.count(JWKS_URL)
+    refused(v, issuer.token(), TrustDataStale)  # inside the back-off after the last failure: no fetch, no wait
+    assert issuer.count(JWKS_URL) == fetches
+    clock.advance(61)  # the back-off (5 s doubling, at most 60 s) is over
     claims = v.verify(issuer.token())
     assert claims.report.stale is False and claims.report.keys_age == 0
 
@@ -407,6 +411,7 @@ def test_async_issuer_down_then_back(issuer: FakeIssuer, down: str | int) -> Non
         clock.advance(1)
         await arefused(v, issuer.token(), TrustDataStale)
         issuer.down = None
+        clock.advance(61)  # past the fetch back-off
         claims = await v.averify(issuer.token())
         assert claims.report.stale is False and claims.report.keys_age == 0
 

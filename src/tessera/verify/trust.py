@@ -184,7 +184,9 @@ class TrustStore:
         now = self.now()
         k = self._keys
         if k is None or (self.source == "network" and now - k.fetched_at > self.policy.keys_max_stale):
-            return "refresh" if self.source == "network" else "stale"
+            if self.source != "network" or now < self._retry_at.get("keys", 0.0):
+                return "stale"  # inside the back-off after a failed fetch: refuse at once, do not block
+            return "refresh"
         if not self._select(kid, alg):
             return (
                 "kid"
@@ -215,7 +217,7 @@ class TrustStore:
                 self._fetched("keys")
             except TrustDataStale:
                 stale = True
-                self._retry_at["keys"] = self.now() + 5.0
+                self._keys_failed()
         elif decision == "background":
             stale = True
             self._background(lambda: self._fetch_keys_sync(), "keys")
@@ -239,7 +241,7 @@ class TrustStore:
                 self._fetched("keys")
             except TrustDataStale:
                 stale = True
-                self._retry_at["keys"] = self.now() + 5.0
+                self._keys_failed()
         elif decision == "background":
             stale = True
             self._abackground(self._fetch_keys_async, "keys")
@@ -409,6 +411,11 @@ class TrustStore:
         if e is not None and self.now() < e.fast_until:
             return e
         return None
+
+    def _keys_failed(self) -> None:
+        wait = min(self._retry_wait.get("keys", 2.5) * 2, 60.0)
+        self._retry_wait["keys"] = wait
+        self._retry_at["keys"] = self.now() + wait
 
     def _status_failed(self, uri: str, error: VerificationError) -> None:
         """After a failed fetch, wait before trying again (5 s, doubling to 60 s): an issuer outage must
