@@ -251,7 +251,7 @@ class Verifier:
             # Parsed again (cheap) so that a caller changing its claims never changes the cache.
             cached: dict[str, Any] = orjson.loads(b64url_decode(payload))
             return cached
-        error: VerificationError = BadSignature("the signature does not verify")
+        error: VerificationError | None = None
         for key in keys[:4]:
             try:
                 verify_signature(alg, key, signing_input, signature)
@@ -269,7 +269,7 @@ class Verifier:
                     self._verified.clear()
                 self._verified[token] = key
             return claims
-        raise error
+        raise error or BadSignature("the signature does not verify")
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         now = self._clock()
