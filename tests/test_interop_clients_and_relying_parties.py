@@ -345,3 +345,24 @@ def test_jwks_is_cacheable_and_public(discovery) -> None:
         assert not KeySet.import_key_set({"keys": [k]}).keys[0].is_private
         assert not jc_jwk.JWK(**k).has_private
         assert pyjwt.PyJWK(k).key is not None
+
+
+# -- Authlib's requests-based OAuth2Session, the client most integrations start from ---------------------------
+
+def test_authlib_oauth2session_with_both_auth_methods(server, discovery, jwks, pkjwt_client, basic_client) -> None:
+    from authlib.integrations.requests_client import OAuth2Session
+
+    with OAuth2Session(basic_client["client_id"], basic_client["client_secret"],
+                       token_endpoint_auth_method="client_secret_basic") as session:
+        basic = session.fetch_token(discovery["token_endpoint"], grant_type="client_credentials", scope="read")
+    with OAuth2Session(pkjwt_client["client_id"], pkjwt_client["private_key"],
+                       token_endpoint_auth_method="private_key_jwt") as session:
+        session.register_client_auth_method(PrivateKeyJWT(discovery["token_endpoint"], alg="ES256"))
+        pkjwt = session.fetch_token(discovery["token_endpoint"], grant_type="client_credentials")
+    for token, client in ((basic, basic_client), (pkjwt, pkjwt_client)):
+        assert token["token_type"].lower() == "bearer"
+        key = pyjwt.PyJWKClient(discovery["jwks_uri"]).get_signing_key_from_jwt(token["access_token"]).key
+        claims = pyjwt.decode(token["access_token"], key, algorithms=["ES256"], audience=client["audience"],
+                              issuer=server.issuer)
+        assert claims["client_id"] == client["client_id"] == claims["sub"]
+    assert basic["scope"] == "read"
