@@ -49,7 +49,11 @@ MAX_RESOURCES = 50
 
 
 def generate_client_id() -> str:
-    return secrets.token_urlsafe(16)
+    """128 random bits, base64url; never starting with '-', which command lines would read as an option."""
+    while True:
+        client_id = secrets.token_urlsafe(16)
+        if not client_id.startswith("-"):
+            return client_id
 
 
 def generate_secret() -> str:
