@@ -209,15 +209,6 @@ def build_app(runtime: Runtime) -> Any:
     discovery = json.dumps(server_metadata(settings), separators=(",", ":")).encode()
     realm = issuer
 
-    async def token(request: Request) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await read_body(request, settings.max_body_bytes)
-        if ctype != "application/x-www-form-urlencoded":
-            raise InvalidRequest("the token request must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
-        form = parse_form(body)
-        result = await token_endpoint.handle(request.headers, form)
-        return json_response(result, 200, NO_STORE)
-
     async def well_known(request: Request) -> Response:
         return Response(discovery, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
 
@@ -330,7 +321,6 @@ def build_app(runtime: Runtime) -> Any:
     routes = [
         Route(prefix + "/.well-known/openid-configuration", well_known, methods=["GET"]),
         Route(prefix + "/.well-known/oauth-authorization-server", well_known, methods=["GET"]),
-        Route(prefix + "/oauth/token", h(token), methods=["POST"]),
         Route(prefix + "/oauth/jwks", jwks, methods=["GET"]),
         Route(prefix + "/oauth/revoke", h(revoke), methods=["POST"]),
         Route(prefix + "/oauth/introspect", h(introspect), methods=["POST"]),

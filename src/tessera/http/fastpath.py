@@ -45,8 +45,14 @@ class TokenFastPath:
         self._www_basic = f'Basic realm="{realm}"'.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self._path:
+        if scope["type"] != "http" or scope["path"] != self._path:
             await self._app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            # RFC 6749 §3.2: the client MUST use the HTTP POST method at the token endpoint.
+            await self._respond(
+                send, 405, {"error": "invalid_request", "error_description": "use POST"}, [(b"allow", b"POST")]
+            )
             return
         try:
             headers: dict[str, str] = {}
