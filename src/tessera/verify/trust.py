@@ -199,7 +199,8 @@ class TrustStore:
             return "refresh" if now >= self._retry_at.get("keys", 0.0) else "ok"
         return "ok"
 
-    def keys_for_sync(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
+    def _fast_keys(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool] | None:
+        """The hot path: fresh keys already selected for (kid, alg), with no decision to make."""
         k = self._keys
         if k is not None:
             now = self.now()
@@ -207,10 +208,19 @@ class TrustStore:
                 found = k.by_kid.get((kid, alg))
                 if found is not None:
                     return found, now - k.fetched_at, False
+        return None
+
+    def _plan_keys(self, kid: str | None, alg: str) -> str:
         decision = self._keys_decision(kid, alg)
-        stale = False
         if decision == "kid":
             self._kid_refetch_at = self.now()
+        return decision
+
+    def keys_for_sync(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
+        fast = self._fast_keys(kid, alg)
+        if fast is not None:
+            return fast
+        decision, stale = self._plan_keys(kid, alg), False
         if decision in ("refresh", "kid"):
             try:
                 self._fetch_keys_sync()
@@ -220,21 +230,14 @@ class TrustStore:
                 self._keys_failed()
         elif decision == "background":
             stale = True
-            self._background(lambda: self._fetch_keys_sync(), "keys")
+            self._background(self._fetch_keys_sync, "keys")
         return self._finish_keys(kid, alg, stale)
 
     async def keys_for_async(self, kid: str | None, alg: str) -> tuple[list[PublicKey], float, bool]:
-        k = self._keys
-        if k is not None:
-            now = self.now()
-            if now < k.fast_until:
-                found = k.by_kid.get((kid, alg))
-                if found is not None:
-                    return found, now - k.fetched_at, False
-        decision = self._keys_decision(kid, alg)
-        stale = False
-        if decision == "kid":
-            self._kid_refetch_at = self.now()
+        fast = self._fast_keys(kid, alg)
+        if fast is not None:
+            return fast
+        decision, stale = self._plan_keys(kid, alg), False
         if decision in ("refresh", "kid"):
             try:
                 await self._fetch_keys_async()
