@@ -401,3 +401,45 @@ def test_registration_update_and_delete_are_audited_without_secrets(server: Live
         assert needle not in everything
     with server.admin() as admin:
         assert admin.get("/audit/verify").json()["ok"] is True
+
+
+# -- RFC 7592 self-management may narrow, never widen -----------------------------------------------------
+
+def test_self_update_cannot_widen_scope_audience_or_lifetime(server: LiveServer) -> None:
+    reg = server.register(scope="read", allowed_resources=["https://api.example"], access_token_lifetime=300)
+    rat = {"Authorization": f"Bearer {reg['registration_access_token']}"}
+    base = {"client_id": reg["client_id"], "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"]}
+    current = {**base, "scope": "read", "allowed_resources": ["https://api.example"], "access_token_lifetime": 300}
+    widenings = [
+        {"scope": "read admin"},                                   # more scope
+        {"allowed_resources": ["https://payments.internal"]},      # another audience
+        {"access_token_lifetime": 900},                            # longer tokens
+    ]
+    dropped_cap = {k: v for k, v in current.items() if k != "access_token_lifetime"}  # no cap = server maximum
+    for body in [*({**current, **w} for w in widenings), dropped_cap]:
+        r = httpx.put(reg["registration_client_uri"], json=body, headers=rat, timeout=10)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_client_metadata", (body, r.text)
+    # The registration is unchanged: still read only, 300 s, one resource.
+    t = _token(server, reg["client_id"], reg["client_secret"])
+    assert t.status_code == 200 and t.json()["scope"] == "read" and t.json()["expires_in"] == 300
+    # Narrowing is allowed.
+    r = httpx.put(reg["registration_client_uri"], json={**base, "scope": "read", "access_token_lifetime": 60},
+                  headers=rat, timeout=10)
+    assert r.status_code == 200, r.text
+    assert _token(server, reg["client_id"], reg["client_secret"]).json()["expires_in"] == 60
+
+
+def test_replaced_client_key_stops_working_at_once(server: LiveServer) -> None:
+    """A key cache keyed by update time in whole seconds once kept a replaced key alive."""
+    old, new = ec_key(), ec_key()
+    reg = server.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(old, "k1")]})
+    assert _assertion_token(server, reg["client_id"], old).status_code == 200
+    r = httpx.put(reg["registration_client_uri"], timeout=10,
+                  headers={"Authorization": f"Bearer {reg['registration_access_token']}"},
+                  json={"client_id": reg["client_id"], "token_endpoint_auth_method": "private_key_jwt",
+                        "scope": "read write", "jwks": {"keys": [ec_jwk(new, "k1")]}})
+    assert r.status_code == 200, r.text
+    assert _assertion_token(server, reg["client_id"], new).status_code == 200
+    refused = _assertion_token(server, reg["client_id"], old)
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"

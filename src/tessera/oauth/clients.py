@@ -10,6 +10,7 @@ Tessera extensions to the RFC 7591 vocabulary (registered by name, documented in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -17,6 +18,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from tessera.oauth.errors import InvalidClientMetadata, InvalidRedirectUri
 
@@ -123,6 +126,12 @@ class Client:
     def __post_init__(self) -> None:
         scope = self.metadata.get("scope", "")
         object.__setattr__(self, "_scopes", frozenset(parse_scope(scope)) if scope else frozenset())
+
+    @functools.cached_property
+    def jwks_digest(self) -> str:
+        """SHA-256 of the registered JWK Set's canonical JSON: what key caches are keyed on."""
+        jwks = self.metadata.get("jwks")
+        return hashlib.sha256(orjson.dumps(jwks, option=orjson.OPT_SORT_KEYS)).hexdigest() if jwks else ""
 
     @property
     def auth_method(self) -> str:

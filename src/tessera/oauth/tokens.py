@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from joserfc import jwt
 from joserfc.errors import JoseError
 
@@ -116,7 +116,7 @@ class NotOurToken(Exception):
 
 def _segment(part: str) -> dict[str, Any]:
     try:
-        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        value = orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
     except (binascii.Error, ValueError) as e:
         raise NotOurToken("not a JWT") from e
     if not isinstance(value, dict):

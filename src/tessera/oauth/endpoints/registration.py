@@ -22,6 +22,7 @@ from tessera.oauth.clients import (
     generate_client_id,
     generate_secret,
     hash_secret,
+    parse_scope,
     secret_matches,
     validate_metadata,
 )
@@ -38,6 +39,33 @@ def bearer_token(authorization: str | None) -> str | None:
         token = authorization[7:].strip()
         return token or None
     return None
+
+
+def _only_narrows(client: Client, new: dict[str, Any]) -> None:
+    """A client managing itself (RFC 7592) may change its keys, name and contacts, and narrow what it may
+    obtain — never widen it: the registration access token must not undo an operator's restriction."""
+    old = client.metadata
+    widened = []
+    if not set(new["grant_types"]) <= set(old.get("grant_types", ["client_credentials"])):
+        widened.append("grant_types")
+    if not set(parse_scope(new.get("scope", ""))) <= set(parse_scope(old.get("scope", ""))):
+        widened.append("scope")
+    old_targets = set(old.get("allowed_resources", [])) | (
+        {old["default_resource"]} if "default_resource" in old else set()
+    )
+    if not set(new.get("allowed_resources", [])) <= old_targets:
+        widened.append("allowed_resources")
+    if "default_resource" in new and new["default_resource"] not in old_targets:
+        widened.append("default_resource")
+    if (
+        "access_token_lifetime" in old
+        and new.get("access_token_lifetime", old["access_token_lifetime"] + 1) > old["access_token_lifetime"]
+    ):
+        widened.append("access_token_lifetime")
+    if widened:
+        raise InvalidClientMetadata(
+            f"a client cannot widen its own registration ({', '.join(widened)}); ask an operator"
+        )
 
 
 def _digest(token: str) -> str:
@@ -140,6 +168,7 @@ class RegistrationEndpoint:
             raise InvalidClientMetadata("client_secret does not match the current secret")
         fields = {k: v for k, v in body.items() if k not in READ_ONLY and k not in ("client_id", "client_secret")}
         metadata = validate_metadata(fields, self._policy)
+        _only_narrows(client, metadata)
         secret = None
         secret_hash = client.secret_hash
         if metadata["token_endpoint_auth_method"] in SECRET_METHODS:
