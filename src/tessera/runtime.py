@@ -33,7 +33,11 @@ SUPPORTED_GRANTS = ("client_credentials",)
 
 
 def client_policy(settings: Settings) -> ClientPolicy:
-    return ClientPolicy(grant_types=SUPPORTED_GRANTS, max_token_lifetime=settings.access_token_lifetime)
+    return ClientPolicy(
+        grant_types=SUPPORTED_GRANTS,
+        max_token_lifetime=settings.access_token_lifetime,
+        allow_http_loopback_jwks_uri=settings.dev_mode,
+    )
 
 
 def server_metadata(settings: Settings) -> dict[str, Any]:

@@ -145,6 +145,11 @@ class Settings(BaseModel):
     )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    dev_mode: bool = Field(
+        False,
+        description="Development only: lets clients register http:// jwks_uri on loopback hosts and lets "
+        "outbound fetches reach loopback and private addresses. Never in production.",
+    )
     clients: list[dict[str, Any]] = Field(
         default_factory=list,
         repr=False,
@@ -200,6 +205,8 @@ class Settings(BaseModel):
         out = []
         if self.issuer.startswith("http://"):
             out.append(f"issuer {self.issuer} uses http://: acceptable for local development only")
+        if self.dev_mode:
+            out.append("TESSERA_DEV_MODE is on: outbound fetches may reach loopback and private addresses")
         if not self.kek:
             out.append("TESSERA_KEK is not set: private keys are sealed with a key file kept in the data directory")
         return out

@@ -8,18 +8,15 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from tessera.clock import Clock
 from tessera.oauth.client_auth import ClientAuthenticator
-from tessera.oauth.clients import Client
 from tessera.oauth.endpoints.introspection import IntrospectionEndpoint
 from tessera.oauth.endpoints.registration import RegistrationEndpoint
 from tessera.oauth.endpoints.revocation import RevocationEndpoint
@@ -36,6 +33,7 @@ from tessera.settings import load_settings
 
 from .body import read_body, read_json
 from .fastpath import TokenFastPath
+from .outbound import JwksFetcher
 from .responses import NO_STORE, json_response, oauth_error
 
 __all__ = ["KeyService", "build_app", "create_app"]
@@ -66,38 +64,6 @@ class KeyService:
         self.jwks_body = json.dumps(ring.jwks, separators=(",", ":")).encode()
         if changed:
             self.on_change()
-
-
-class JwksFetcher:
-    """Fetches a client's ``jwks_uri``: bounded size, no redirects, cached, refetched at most every 30 s."""
-
-    def __init__(self, clock: Clock, ttl: float = 300.0, min_refresh: float = 30.0) -> None:
-        self._clock = clock
-        self._ttl = ttl
-        self._min_refresh = min_refresh
-        self._cache: dict[str, tuple[float, Mapping[str, Any]]] = {}
-        self._client = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
-
-    async def __call__(self, client: Client, refresh: bool) -> Mapping[str, Any]:
-        uri = client.metadata["jwks_uri"]
-        now = self._clock.now()
-        hit = self._cache.get(uri)
-        if hit and (now < hit[0] + self._ttl) and not (refresh and now >= hit[0] + self._min_refresh):
-            return hit[1]
-        try:
-            r = await self._client.get(uri, headers={"Accept": "application/json"})
-            if r.status_code != 200 or len(r.content) > 65536:
-                raise ValueError(f"jwks_uri answered {r.status_code}")
-            value = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            if hit:
-                return hit[1]
-            raise ValueError(str(e)) from None
-        self._cache[uri] = (now, value)
-        return value
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 def _handler(fn: Callable[[Request], Awaitable[Response]], realm: str) -> Callable[[Request], Awaitable[Response]]:
@@ -146,7 +112,7 @@ def build_app(runtime: Runtime) -> Any:
     settings, store, clock = runtime.settings, runtime.store, runtime.clock
     issuer = settings.issuer
     keys = KeyService(runtime)
-    fetch_jwks = JwksFetcher(clock)
+    fetch_jwks = JwksFetcher(clock, allow_private=settings.dev_mode)
     authenticator = ClientAuthenticator(
         issuer=issuer,
         token_endpoint=issuer + "/oauth/token",

@@ -247,10 +247,8 @@ class ClientAuthenticator:
             return ks
         try:
             return import_jwks(await self._fetch_jwks(client, refresh))
-        except ValueError as e:
-            raise InvalidClient(
-                f"the client's jwks_uri did not serve usable keys: {e}", client_id=client.client_id
-            ) from None
+        except ValueError:
+            raise InvalidClient("the client's keys could not be obtained", client_id=client.client_id) from None
 
     def _public_keys(self, client: Client, jwks: Mapping[str, Any]) -> list[PublicKey]:
         cache_key = (client.client_id, client.jwks_digest if "jwks" in client.metadata else _digest(jwks))
@@ -286,10 +284,8 @@ class ClientAuthenticator:
             else:
                 try:
                     jwks = await self._fetch_jwks(client, refresh)
-                except ValueError as e:
-                    raise InvalidClient(
-                        f"the client's jwks_uri did not serve usable keys: {e}", client_id=client.client_id
-                    ) from None
+                except ValueError:
+                    raise InvalidClient("the client's keys could not be obtained", client_id=client.client_id) from None
             candidates = [
                 k
                 for k in self._public_keys(client, jwks)
