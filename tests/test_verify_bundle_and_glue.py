@@ -447,3 +447,28 @@ def test_fastapi_dependency_is_documented_in_openapi_without_a_request_parameter
     app = _fastapi_app(make_verifier(issuer))
     params = app.openapi()["paths"]["/whoami"]["get"].get("parameters", [])
     assert [p["name"] for p in params] == []
+
+
+def test_bearer_middleware_guards_websockets_too(issuer: FakeIssuer) -> None:
+    """A WebSocket handshake is an HTTP request carrying the same bearer token: refused ones close with 1008."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    verifier = make_verifier(issuer)
+
+    async def feed(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_json({"sub": ws.scope["state"]["claims"]["sub"]})
+        await ws.close()
+
+    app = BearerTokenMiddleware(Starlette(routes=[WebSocketRoute("/feed", feed)]), verifier, scopes=["read"])
+    with TestClient(app) as client:
+        for authorization in (None, "Bearer not-a-token", "Bearer " + issuer.token(scope="write")):
+            headers = {"Authorization": authorization} if authorization else {}
+            with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/feed", headers=headers):
+                pass
+            assert closed.value.code == 1008
+        with client.websocket_connect("/feed", headers={"Authorization": "Bearer " + issuer.token(scope="read")}) as ws:
+            assert ws.receive_json()["sub"]

@@ -259,3 +259,71 @@ def admin_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+class AdminGate:
+    """Checks the admin bearer token and the body size before the admin application reads anything.
+
+    FastAPI parses a JSON body before running the authentication dependency, so without this gate an
+    anonymous caller could make the server read and parse an arbitrarily large document.
+    """
+
+    def __init__(self, app: Any, admin_token: str | None, max_body: int) -> None:
+        self._app = app
+        self._token = admin_token.encode() if admin_token else None
+        self._max_body = max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        authz = headers.get(b"authorization", b"")
+        token = authz[7:].strip() if authz[:7].lower() == b"bearer " else b""
+        if self._token is None:
+            await _deny(send, 403, "access_denied", "the admin API is disabled: set TESSERA_ADMIN_TOKEN")
+            return
+        if not token or not hmac.compare_digest(token, self._token):
+            await _deny(
+                send,
+                401,
+                "invalid_token",
+                "a valid admin bearer token is required",
+                [(b"www-authenticate", b'Bearer realm="tessera-admin"')],
+            )
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self._max_body):
+            await _deny(send, 413, "invalid_request", f"the request body is larger than {self._max_body} bytes")
+            return
+        seen = 0
+
+        async def bounded_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self._max_body:
+                raise ValueError("request body over the limit")  # ends the request; nothing was parsed
+            return message
+
+        await self._app(scope, bounded_receive, send)
+
+
+async def _deny(
+    send: Any, status: int, error: str, description: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    import json
+
+    body = json.dumps({"error": error, "error_description": description}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(extra or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -280,7 +280,7 @@ def build_app(runtime: Runtime) -> Any:
             await fetch_jwks.close()
             store.close()
 
-    from tessera.http.admin import admin_app
+    from tessera.http.admin import AdminGate, admin_app
 
     h = lambda fn: _handler(fn, realm)  # noqa: E731
     prefix = _path_prefix(issuer)
@@ -295,7 +295,12 @@ def build_app(runtime: Runtime) -> Any:
         Route(prefix + "/oauth/register", h(register), methods=["POST"]),
         Route(prefix + "/oauth/register/{client_id}", h(manage), methods=["GET", "PUT", "DELETE"]),
         Route(prefix + "/healthz", healthz, methods=["GET"]),
-        Mount(prefix + "/admin", app=admin_app(runtime, keys, status_lists.invalidate)),
+        Mount(
+            prefix + "/admin",
+            app=AdminGate(
+                admin_app(runtime, keys, status_lists.invalidate), settings.admin_token, settings.max_body_bytes
+            ),
+        ),
     ]
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.

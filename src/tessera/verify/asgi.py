@@ -20,6 +20,10 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
+class _Refused(Exception):
+    pass
+
+
 def bearer_token(authorization: str | None) -> str | None:
     if authorization and authorization[:7].lower() == "bearer ":
         return authorization[7:].strip() or None
@@ -64,10 +68,13 @@ class BearerTokenMiddleware:
     async def __call__(
         self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
     ) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.public:
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket") or scope.get("path") in self.public:
+            await self.app(scope, receive, send)  # lifespan and public paths
             return
         authz = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), None)
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send, bearer_token(authz))
+            return
         token = bearer_token(authz)
         if token is None:
             # RFC 6750 §3.1: a request without credentials gets no error code, just the challenge.
@@ -83,6 +90,28 @@ class BearerTokenMiddleware:
             await self._deny(
                 send, 403, _challenge("insufficient_scope", None, self.realm, needed), "insufficient_scope"
             )
+            return
+        scope.setdefault("state", {})["claims"] = claims
+        await self.app(scope, receive, send)
+
+    async def _websocket(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+        token: str | None,
+    ) -> None:
+        """WebSockets are authenticated like requests; a refused handshake is closed with 1008 (policy)."""
+        try:
+            if token is None:
+                raise _Refused("missing bearer token")
+            claims = await self.verifier.averify(token)
+            if not _has_scopes(claims, self.scopes):
+                raise _Refused("insufficient_scope")
+        except (VerificationError, _Refused):
+            message = await receive()
+            if message.get("type") == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008})
             return
         scope.setdefault("state", {})["claims"] = claims
         await self.app(scope, receive, send)
