@@ -117,6 +117,9 @@ def sync_declared_clients(settings: Settings, store: SqlStore) -> None:
     now = int(store.clock.now())
     declared = {c.client_id: c for c in (_declared_client(raw, settings, now) for raw in settings.clients)}
     with store.transaction() as conn:
+        # Several hosts may start at once with a changed config: one syncs at a time (SQLite's BEGIN
+        # IMMEDIATE already serializes writers; PostgreSQL needs the lock).
+        repo.serialize(conn, "declared-clients")
         events: list[AuditEvent] = []
         existing = {c.client_id: c for c in repo.list_clients(conn, limit=1_000_000)}
         for cid, want in declared.items():

@@ -51,6 +51,7 @@ __all__ = [
     "lock_keys",
     "purge_expired",
     "revoke_tokens",
+    "serialize",
     "update_client",
     "update_key",
 ]
@@ -121,6 +122,15 @@ def _key(row: Any) -> KeyRecord:
 
 def load_keys(conn: sa.Connection) -> list[KeyRecord]:
     return [_key(r) for r in conn.execute(sa.select(signing_keys).order_by(signing_keys.c.created_at))]
+
+
+_LOCKS = {"declared-clients": 7261173303}
+
+
+def serialize(conn: sa.Connection, what: str) -> None:
+    """Hold a transaction-scoped lock named ``what`` until commit (PostgreSQL; SQLite writers are serial)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCKS[what]})
 
 
 def lock_keys(conn: sa.Connection) -> list[KeyRecord]:
