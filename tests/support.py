@@ -189,3 +189,25 @@ class Postgres:
                            capture_output=True)
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+# -- shared assertions and admin look-ups ---------------------------------------------------------
+
+def assert_oauth_error(r: httpx.Response, status: int, error: str) -> None:
+    """An RFC 6749 §5.2 error response: status, error code, no-store, and the Basic challenge for invalid_client."""
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == error, r.text
+    assert r.headers["cache-control"] == "no-store"
+    if error == "invalid_client":
+        assert r.headers["www-authenticate"].startswith("Basic realm=")
+
+
+def keys_by_state(srv: LiveServer) -> dict[str, list[dict[str, Any]]]:
+    """The server's signing keys (admin API), grouped by lifecycle state."""
+    with srv.admin() as admin:
+        r = admin.get("/keys")
+    assert r.status_code == 200, r.text
+    out: dict[str, list[dict[str, Any]]] = {}
+    for k in r.json():
+        out.setdefault(k["state"], []).append(k)
+    return out

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from status_support import basic, entry, header, issue, payload, status_of
-from support import LiveServer
+from support import LiveServer, keys_by_state
 from tessera.clock import FrozenClock
 from tessera.runtime import open_runtime
 from tessera.settings import load_settings
@@ -304,16 +304,6 @@ def test_issuer_outage_without_status_claims_fails_closed_at_keys_max_stale(tmp_
 
 # -- key rotation and removal -------------------------------------------------------------------------------------
 
-def _keys(srv: LiveServer) -> dict[str, list[dict[str, Any]]]:
-    with srv.admin() as admin:
-        r = admin.get("/keys")
-    assert r.status_code == 200, r.text
-    out: dict[str, list[dict[str, Any]]] = {}
-    for k in r.json():
-        out.setdefault(k["state"], []).append(k)
-    return out
-
-
 def _jwks_kids(srv: LiveServer) -> list[str]:
     return [k["kid"] for k in httpx.get(srv.issuer + JWKS, timeout=10).json()["keys"]]
 
@@ -343,7 +333,7 @@ def test_rotation_and_removal_as_seen_by_the_relying_party(tmp_path: pathlib.Pat
         client = srv.register()
         old = issue(srv, client)
         status = list_path(old)
-        keys = _keys(srv)
+        keys = keys_by_state(srv)
         first, second = keys["active"][0]["kid"], keys["next"][0]["kid"]
         assert header(old)["kid"] == first and _jwks_kids(srv) == [first, second]
         rp, clock, rec = relying_party(srv.issuer)
@@ -366,7 +356,7 @@ def test_rotation_and_removal_as_seen_by_the_relying_party(tmp_path: pathlib.Pat
         assert rec.new() == [JWKS]
 
         # Remove the first retired key: a sweep from another process whose clock is at its remove_after.
-        retired = {k["kid"]: k["remove_after"] for k in _keys(srv)["retired"]}
+        retired = {k["kid"]: k["remove_after"] for k in keys_by_state(srv)["retired"]}
         assert set(retired) == {first, second}
         rt = open_runtime(load_settings(srv.env), clock=FrozenClock(retired[first]), migrate=False, bootstrap=False)
         try:

@@ -22,6 +22,7 @@ from joserfc.jwk import ECKey
 
 from status_support import audit, basic, entry, introspect, issue, payload, status_of
 from support import ASSERTION_TYPE, LiveServer, client_assertion, ec_jwk, ec_key, sign_es256
+from support import assert_oauth_error as assert_error
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # Authlib 1.9 warns that its httpx integration prefers httpx2
@@ -31,14 +32,6 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 
 def revoke(server: LiveServer, data: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
     return httpx.post(server.issuer + "/oauth/revoke", data=data, timeout=10, **kw)
-
-
-def assert_error(r: httpx.Response, status: int, error: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.json()["error"] == error, r.text
-    assert r.headers["cache-control"] == "no-store"
-    if error == "invalid_client":
-        assert r.headers["www-authenticate"].startswith("Basic realm=")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
-from support import LiveServer
+from support import LiveServer, keys_by_state
 from tessera.clock import FrozenClock
 from tessera.oauth.jws import jwk_thumbprint, private_key_from_pem, sign_compact
 from tessera.oauth.keys import (
@@ -388,16 +388,6 @@ def verify(srv: LiveServer, token: str) -> dict[str, Any]:
     key = jwt.PyJWKClient(srv.issuer + "/oauth/jwks", cache_jwk_set=False).get_signing_key_from_jwt(token)
     return dict(jwt.decode(token, key=key, algorithms=["ES256", "RS256", "EdDSA"], audience=srv.issuer,
                            issuer=srv.issuer))
-
-
-def keys_by_state(srv: LiveServer) -> dict[str, list[dict[str, Any]]]:
-    with srv.admin() as admin:
-        r = admin.get("/keys")
-    assert r.status_code == 200, r.text
-    out: dict[str, list[dict[str, Any]]] = {}
-    for k in r.json():
-        out.setdefault(k["state"], []).append(k)
-    return out
 
 
 def poll(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:

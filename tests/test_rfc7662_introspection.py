@@ -26,6 +26,7 @@ from joserfc.jwk import ECKey
 
 from status_support import basic, introspect, issue, payload
 from support import ASSERTION_TYPE, LiveServer, client_assertion, ec_jwk, ec_key, sign_es256
+from support import assert_oauth_error as assert_error
 from tessera.clock import FrozenClock
 from tessera.http.app import build_app
 from tessera.runtime import open_runtime
@@ -44,14 +45,6 @@ MEMBERS = {"active", "scope", "client_id", "token_type", "exp", "iat", "sub", "a
 
 def post(server: LiveServer, data: Any = None, **kw: Any) -> httpx.Response:
     return httpx.post(server.issuer + "/oauth/introspect", data=data, timeout=10, **kw)
-
-
-def assert_error(r: httpx.Response, status: int, error: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.json()["error"] == error, r.text
-    assert r.headers["cache-control"] == "no-store"
-    if error == "invalid_client":
-        assert r.headers["www-authenticate"].startswith("Basic realm=")
 
 
 def expected(token: str) -> dict[str, Any]:
