@@ -30,8 +30,9 @@ def basic(client: dict[str, Any]) -> tuple[str, str]:
 
 
 def issue(server: LiveServer, client: dict[str, Any], **params: str) -> str:
-    r = httpx.post(server.token_endpoint, data={"grant_type": "client_credentials", **params}, auth=basic(client),
-                   timeout=10)
+    r = httpx.post(
+        server.token_endpoint, data={"grant_type": "client_credentials", **params}, auth=basic(client), timeout=10
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["access_token"])
 
@@ -81,7 +82,6 @@ def introspect(server: LiveServer, client: dict[str, Any], token: str) -> dict[s
 def audit(server: LiveServer, event: str | None = None) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     with server.admin() as admin:
-        while page := admin.get("/audit", params={"after": records[-1]["seq"] if records else 0,
-                                                  "limit": 1000}).json():
+        while page := admin.get("/audit", params={"after": records[-1]["seq"] if records else 0, "limit": 1000}).json():
             records += page
     return [r for r in records if event is None or r["event"] == event]

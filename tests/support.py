@@ -38,19 +38,26 @@ def free_port() -> int:
 class LiveServer:
     """`tessera serve` in a subprocess, configured only through TESSERA_ environment variables."""
 
-    def __init__(self, data_dir: pathlib.Path, *, extra_env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: pathlib.Path, *, extra_env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.admin_token = secrets.token_urlsafe(24)
         self.reg_token = secrets.token_urlsafe(24)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-        self.env.update({
-            "TESSERA_ISSUER": self.issuer, "TESSERA_DATA_DIR": str(data_dir), "TESSERA_HOST": "127.0.0.1",
-            "TESSERA_PORT": str(self.port), "TESSERA_ADMIN_TOKEN": self.admin_token,
-            "TESSERA_REGISTRATION_TOKEN": self.reg_token, "TESSERA_LOG_LEVEL": "warning",
-        })
+        self.env.update(
+            {
+                "TESSERA_ISSUER": self.issuer,
+                "TESSERA_DATA_DIR": str(data_dir),
+                "TESSERA_HOST": "127.0.0.1",
+                "TESSERA_PORT": str(self.port),
+                "TESSERA_ADMIN_TOKEN": self.admin_token,
+                "TESSERA_REGISTRATION_TOKEN": self.reg_token,
+                "TESSERA_LOG_LEVEL": "warning",
+            }
+        )
         self.env.update(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
@@ -64,8 +71,13 @@ class LiveServer:
 
     def start(self, wait: float = 40) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([TESSERA, "serve"], env=self.env, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [TESSERA, "serve"],
+            env=self.env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,20 +100,26 @@ class LiveServer:
         self.proc = None
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.issuer + "/admin", timeout=10,
-                            headers={"Authorization": f"Bearer {self.admin_token}"})
+        return httpx.Client(
+            base_url=self.issuer + "/admin", timeout=10, headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
 
     def register(self, **metadata: Any) -> dict[str, Any]:
-        md = {"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic",
-              "scope": "read write"}
+        md = {
+            "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "scope": "read write",
+        }
         md.update(metadata)
-        r = httpx.post(self.issuer + "/oauth/register", json=md, timeout=10,
-                       headers={"Authorization": f"Bearer {self.reg_token}"})
+        r = httpx.post(
+            self.issuer + "/oauth/register", json=md, timeout=10, headers={"Authorization": f"Bearer {self.reg_token}"}
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
 
 # -- JOSE helpers built on cryptography only ------------------------------------------------------
+
 
 def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -125,11 +143,25 @@ def sign_es256(header: dict[str, Any], claims: dict[str, Any], key: ec.EllipticC
     return si + "." + b64u(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 
-def client_assertion(key: ec.EllipticCurvePrivateKey, client_id: str, aud: str, *, kid: str | None = "k1",
-                     lifetime: int = 60, now: float | None = None, **overrides: Any) -> str:
+def client_assertion(
+    key: ec.EllipticCurvePrivateKey,
+    client_id: str,
+    aud: str,
+    *,
+    kid: str | None = "k1",
+    lifetime: int = 60,
+    now: float | None = None,
+    **overrides: Any,
+) -> str:
     now = time.time() if now is None else now
-    claims: dict[str, Any] = {"iss": client_id, "sub": client_id, "aud": aud, "iat": int(now),
-                              "exp": int(now) + lifetime, "jti": secrets.token_urlsafe(16)}
+    claims: dict[str, Any] = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": aud,
+        "iat": int(now),
+        "exp": int(now) + lifetime,
+        "jti": secrets.token_urlsafe(16),
+    }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
     header = {"alg": "ES256", "typ": "JWT"}
@@ -139,6 +171,7 @@ def client_assertion(key: ec.EllipticCurvePrivateKey, client_id: str, aud: str, 
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
+
 
 class Postgres:
     """A throwaway PostgreSQL cluster (Debian's binaries), or the one named by TESSERA_TEST_POSTGRES_URL."""
@@ -166,11 +199,39 @@ class Postgres:
             shutil.chown(self.dir, "postgres", "postgres")
             self._as = ["runuser", "-u", "postgres", "--"]
         data = self.dir / "data"
-        subprocess.run([*self._as, self._bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
-        subprocess.run([*self._as, self._bin("pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o",
-                        f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                        f"-c max_connections=200", "start"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *self._as,
+                self._bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *self._as,
+                self._bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-o",
+                f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         return self.url
 
@@ -185,13 +246,16 @@ class Postgres:
 
     def stop(self) -> None:
         if self.dir is not None:
-            subprocess.run([*self._as, self._bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
-                           capture_output=True)
+            subprocess.run(
+                [*self._as, self._bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
+                capture_output=True,
+            )
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
 
 # -- shared assertions and admin look-ups ---------------------------------------------------------
+
 
 def assert_oauth_error(r: httpx.Response, status: int, error: str) -> None:
     """An RFC 6749 §5.2 error response: status, error code, no-store, and the Basic challenge for invalid_client."""

@@ -29,8 +29,9 @@ def _error(r: httpx.Response, status: int, error: str) -> dict[str, Any]:
 
 
 def _token(server: LiveServer, client_id: str, secret: str, **form: str) -> httpx.Response:
-    return httpx.post(server.token_endpoint, data={"grant_type": "client_credentials", **form},
-                      auth=(client_id, secret), timeout=10)
+    return httpx.post(
+        server.token_endpoint, data={"grant_type": "client_credentials", **form}, auth=(client_id, secret), timeout=10
+    )
 
 
 def _audit(admin: httpx.Client) -> list[dict[str, Any]]:
@@ -49,11 +50,25 @@ def _no_secret_hash(text: str, *secrets_: str) -> None:
 
 # -- authentication -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic YWRtaW46YWRtaW4=", "Bearer"],
-                         ids=["missing", "wrong", "basic-scheme", "empty"])
-@pytest.mark.parametrize("method,path", [("GET", "/clients"), ("POST", "/clients"), ("GET", "/keys"),
-                                         ("POST", "/keys/rotate"), ("GET", "/audit"), ("GET", "/audit/verify"),
-                                         ("DELETE", "/clients/x"), ("POST", "/clients/x/secret")])
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong", "Basic YWRtaW46YWRtaW4=", "Bearer"],
+    ids=["missing", "wrong", "basic-scheme", "empty"],
+)
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/clients"),
+        ("POST", "/clients"),
+        ("GET", "/keys"),
+        ("POST", "/keys/rotate"),
+        ("GET", "/audit"),
+        ("GET", "/audit/verify"),
+        ("DELETE", "/clients/x"),
+        ("POST", "/clients/x/secret"),
+    ],
+)
 def test_admin_token_is_required(server: LiveServer, authorization: str | None, method: str, path: str) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     r = httpx.request(method, server.issuer + "/admin" + path, headers=headers, json={}, timeout=10)
@@ -62,8 +77,7 @@ def test_admin_token_is_required(server: LiveServer, authorization: str | None, 
 
 
 def test_bearer_scheme_is_case_insensitive(server: LiveServer) -> None:
-    r = httpx.get(server.issuer + "/admin/keys", headers={"Authorization": f"bearer {server.admin_token}"},
-                  timeout=10)
+    r = httpx.get(server.issuer + "/admin/keys", headers={"Authorization": f"bearer {server.admin_token}"}, timeout=10)
     assert r.status_code == 200, r.text
 
 
@@ -73,16 +87,21 @@ def test_admin_api_is_disabled_without_an_admin_token(tmp_path: pathlib.Path) ->
     try:
         for headers in ({}, {"Authorization": "Bearer x"}, {"Authorization": f"Bearer {srv.admin_token}"}):
             _error(httpx.get(srv.issuer + "/admin/clients", headers=headers, timeout=10), 403, "access_denied")
-        _error(httpx.post(srv.issuer + "/admin/keys/rotate", headers={"Authorization": "Bearer x"}, timeout=10),
-               403, "access_denied")
+        _error(
+            httpx.post(srv.issuer + "/admin/keys/rotate", headers={"Authorization": "Bearer x"}, timeout=10),
+            403,
+            "access_denied",
+        )
     finally:
         srv.stop()
 
 
 # -- OpenAPI ------------------------------------------------------------------------------------------------
 
+
 def test_openapi_document_is_valid_openapi_3(server: LiveServer) -> None:
     from openapi_spec_validator import validate
+
     with server.admin() as admin:
         r = admin.get("/openapi.json")
     assert r.status_code == 200
@@ -91,10 +110,18 @@ def test_openapi_document_is_valid_openapi_3(server: LiveServer) -> None:
     validate(doc)
     assert {s["url"] for s in doc.get("servers", [])} == {"/admin"}
     ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
-    assert ops >= {("GET", "/clients"), ("POST", "/clients"), ("GET", "/clients/{client_id}"),
-                   ("PUT", "/clients/{client_id}"), ("DELETE", "/clients/{client_id}"),
-                   ("POST", "/clients/{client_id}/secret"), ("GET", "/keys"), ("POST", "/keys/rotate"),
-                   ("GET", "/audit"), ("GET", "/audit/verify")}
+    assert ops >= {
+        ("GET", "/clients"),
+        ("POST", "/clients"),
+        ("GET", "/clients/{client_id}"),
+        ("PUT", "/clients/{client_id}"),
+        ("DELETE", "/clients/{client_id}"),
+        ("POST", "/clients/{client_id}/secret"),
+        ("GET", "/keys"),
+        ("POST", "/keys/rotate"),
+        ("GET", "/audit"),
+        ("GET", "/audit/verify"),
+    }
 
 
 def test_openapi_document_declares_bearer_auth_and_real_error_codes(server: LiveServer) -> None:
@@ -111,11 +138,19 @@ def test_openapi_document_declares_bearer_auth_and_real_error_codes(server: Live
 
 # -- clients ------------------------------------------------------------------------------------------------
 
+
 def test_client_crud(server: LiveServer) -> None:
     cid = "admin-crud-" + secrets.token_hex(4)
     with server.admin() as admin:
-        r = admin.post("/clients", json={"client_id": cid, "token_endpoint_auth_method": "client_secret_basic",
-                                         "scope": "read write", "client_name": "crud"})
+        r = admin.post(
+            "/clients",
+            json={
+                "client_id": cid,
+                "token_endpoint_auth_method": "client_secret_basic",
+                "scope": "read write",
+                "client_name": "crud",
+            },
+        )
         assert r.status_code == 201, r.text
         created = r.json()
         secret = created["client_secret"]
@@ -132,7 +167,11 @@ def test_client_crud(server: LiveServer) -> None:
         shown = r.json()
         assert "client_secret" not in shown
         assert {k: shown[k] for k in ("client_id", "scope", "client_name", "source")} == {
-            "client_id": cid, "scope": "read write", "client_name": "crud", "source": "admin"}
+            "client_id": cid,
+            "scope": "read write",
+            "client_name": "crud",
+            "source": "admin",
+        }
         _no_secret_hash(r.text, secret)
 
         listed = admin.get("/clients", params={"limit": 1000})
@@ -172,8 +211,10 @@ def test_client_listing_pages_by_client_id(server: LiveServer) -> None:
 
 def test_private_key_jwt_client_has_no_secret(server: LiveServer) -> None:
     with server.admin() as admin:
-        r = admin.post("/clients", json={"token_endpoint_auth_method": "private_key_jwt",
-                                         "jwks": {"keys": [ec_jwk(ec_key(), "k1")]}})
+        r = admin.post(
+            "/clients",
+            json={"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [ec_jwk(ec_key(), "k1")]}},
+        )
         assert r.status_code == 201, r.text
         assert "client_secret" not in r.json()
         cid = r.json()["client_id"]
@@ -182,8 +223,11 @@ def test_private_key_jwt_client_has_no_secret(server: LiveServer) -> None:
         r = admin.put(f"/clients/{cid}", json={"token_endpoint_auth_method": "client_secret_post"})
         assert r.status_code == 200, r.text
         secret = r.json()["client_secret"]
-    r = httpx.post(server.token_endpoint, timeout=10,
-                   data={"grant_type": "client_credentials", "client_id": cid, "client_secret": secret})
+    r = httpx.post(
+        server.token_endpoint,
+        timeout=10,
+        data={"grant_type": "client_credentials", "client_id": cid, "client_secret": secret},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -209,24 +253,42 @@ def test_secret_rotation(server: LiveServer) -> None:
 def test_broken_json_is_invalid_request(server: LiveServer) -> None:
     with server.admin() as admin:
         for raw in (b'{"scope": ', b"[]", b'"text"'):
-            _error(admin.post("/clients", content=raw, headers={"Content-Type": "application/json"}),
-                   400, "invalid_request")
+            _error(
+                admin.post("/clients", content=raw, headers={"Content-Type": "application/json"}),
+                400,
+                "invalid_request",
+            )
         cid = admin.post("/clients", json={}).json()["client_id"]
-        _error(admin.put(f"/clients/{cid}", content=b"{", headers={"Content-Type": "application/json"}),
-               400, "invalid_request")
+        _error(
+            admin.put(f"/clients/{cid}", content=b"{", headers={"Content-Type": "application/json"}),
+            400,
+            "invalid_request",
+        )
 
 
-@pytest.mark.parametrize("metadata", [
-    {"grant_types": ["password"]},
-    {"token_endpoint_auth_method": "none"},
-    {"token_endpoint_auth_method": "private_key_jwt"},
-    {"scope": "read \"write\""},
-    {"access_token_lifetime": 1},
-    {"allowed_resources": ["https://api.example.com#x"]},
-    {"client_id": "bad id with spaces"},
-    {"client_id": "x" * 257},
-], ids=["grant", "none", "pkjwt-no-keys", "scope", "lifetime", "resource-fragment", "client-id-chars",
-        "client-id-long"])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"grant_types": ["password"]},
+        {"token_endpoint_auth_method": "none"},
+        {"token_endpoint_auth_method": "private_key_jwt"},
+        {"scope": 'read "write"'},
+        {"access_token_lifetime": 1},
+        {"allowed_resources": ["https://api.example.com#x"]},
+        {"client_id": "bad id with spaces"},
+        {"client_id": "x" * 257},
+    ],
+    ids=[
+        "grant",
+        "none",
+        "pkjwt-no-keys",
+        "scope",
+        "lifetime",
+        "resource-fragment",
+        "client-id-chars",
+        "client-id-long",
+    ],
+)
 def test_invalid_metadata_is_invalid_client_metadata(server: LiveServer, metadata: dict[str, Any]) -> None:
     with server.admin() as admin:
         _error(admin.post("/clients", json=metadata), 400, "invalid_client_metadata")
@@ -251,6 +313,7 @@ def test_duplicate_client_id_is_409(server: LiveServer) -> None:
 
 # -- keys ---------------------------------------------------------------------------------------------------
 
+
 def test_keys_lists_active_and_next(server: LiveServer) -> None:
     with server.admin() as admin:
         r = admin.get("/keys")
@@ -258,8 +321,16 @@ def test_keys_lists_active_and_next(server: LiveServer) -> None:
     keys = r.json()
     assert sorted((k["alg"], k["state"]) for k in keys) == [("ES256", "active"), ("ES256", "next")]
     for k in keys:
-        assert set(k) == {"kid", "alg", "state", "created_at", "activated_at", "retired_at", "remove_after",
-                          "removed_at"}
+        assert set(k) == {
+            "kid",
+            "alg",
+            "state",
+            "created_at",
+            "activated_at",
+            "retired_at",
+            "remove_after",
+            "removed_at",
+        }
     jwks = httpx.get(server.issuer + "/oauth/jwks", timeout=10).json()
     published = {k["kid"] for k in jwks["keys"]}
     assert {k["kid"] for k in keys if k["state"] in ("active", "next")} <= published
@@ -295,10 +366,14 @@ def test_key_rotation(fresh_server: LiveServer) -> None:
 
         _error(admin.post("/keys/rotate", params={"alg": "HS256"}), 400, "invalid_request")
         assert [e["event"] for e in _audit(admin) if e["actor"] == "admin" and e["event"].startswith("key.")] == [
-            "key.retired", "key.activated", "key.created"]
+            "key.retired",
+            "key.activated",
+            "key.created",
+        ]
 
 
 # -- audit --------------------------------------------------------------------------------------------------
+
 
 def test_audit_paging_and_verify(server: LiveServer) -> None:
     with server.admin() as admin:
@@ -322,7 +397,7 @@ def test_audit_paging_and_verify(server: LiveServer) -> None:
                 break
             paged += page
             after = page[-1]["seq"]
-        assert paged[:len(everything)] == everything
+        assert paged[: len(everything)] == everything
 
         for bad in ({"limit": 0}, {"limit": 1001}, {"after": -1}, {"limit": "x"}):
             _error(admin.get("/audit", params=bad), 400, "invalid_request")

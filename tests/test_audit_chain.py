@@ -51,8 +51,12 @@ def first_bad(lines: list[dict[str, Any]], prev: str = "0" * 64, first_seq: int 
 def chain(n: int) -> list[AuditRecord]:
     records, prev = [], GENESIS
     for i in range(1, n + 1):
-        rec = seal(AuditEvent(f"test.event{i}", actor="tester", subject=f"s{i}", data={"i": i, "name": "Zoë ☃"}),
-                   seq=i, ts=1_700_000_000_000 + i, prev=prev)
+        rec = seal(
+            AuditEvent(f"test.event{i}", actor="tester", subject=f"s{i}", data={"i": i, "name": "Zoë ☃"}),
+            seq=i,
+            ts=1_700_000_000_000 + i,
+            prev=prev,
+        )
         records.append(rec)
         prev = rec.hash
     return records
@@ -81,9 +85,17 @@ def test_empty_chain_verifies() -> None:
     assert verify_chain([], expected_head=(0, GENESIS)).ok
 
 
-@pytest.mark.parametrize("field,value", [("data", {"i": 3, "name": "Mallory"}), ("event", "test.other"),
-                                         ("actor", "mallory"), ("subject", None), ("ts", 1),
-                                         ("hash", "f" * 64)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("data", {"i": 3, "name": "Mallory"}),
+        ("event", "test.other"),
+        ("actor", "mallory"),
+        ("subject", None),
+        ("ts", 1),
+        ("hash", "f" * 64),
+    ],
+)
 def test_altered_record_is_named(field: str, value: Any) -> None:
     records = chain(5)
     records[2] = dataclasses.replace(records[2], **{field: value})
@@ -96,8 +108,12 @@ def test_altered_record_is_named(field: str, value: Any) -> None:
 
 def test_resealed_record_breaks_the_link_to_the_next() -> None:
     records = chain(5)
-    forged = seal(AuditEvent("test.event3", actor="tester", subject="s3", data={"i": 3, "name": "forged"}),
-                  seq=3, ts=records[2].ts, prev=records[1].hash)
+    forged = seal(
+        AuditEvent("test.event3", actor="tester", subject="s3", data={"i": 3, "name": "forged"}),
+        seq=3,
+        ts=records[2].ts,
+        prev=records[1].hash,
+    )
     records[2] = forged
     report = verify_chain(records)
     assert not report.ok and report.first_bad_seq == 4
@@ -165,14 +181,26 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         key = ec_key()
         srv.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "k1")]})
         for _ in range(3):
-            r = httpx.post(srv.token_endpoint, data={"grant_type": "client_credentials"}, timeout=10,
-                           auth=(secret_client["client_id"], secret_client["client_secret"]))
+            r = httpx.post(
+                srv.token_endpoint,
+                data={"grant_type": "client_credentials"},
+                timeout=10,
+                auth=(secret_client["client_id"], secret_client["client_secret"]),
+            )
             assert r.status_code == 200, r.text
-        r = httpx.post(srv.token_endpoint, data={"grant_type": "client_credentials"}, timeout=10,
-                       auth=(secret_client["client_id"], "wrong-secret"))
+        r = httpx.post(
+            srv.token_endpoint,
+            data={"grant_type": "client_credentials"},
+            timeout=10,
+            auth=(secret_client["client_id"], "wrong-secret"),
+        )
         assert r.status_code == 401
-        r = httpx.post(srv.token_endpoint, data={"grant_type": "client_credentials", "scope": "admin"}, timeout=10,
-                       auth=(secret_client["client_id"], secret_client["client_secret"]))
+        r = httpx.post(
+            srv.token_endpoint,
+            data={"grant_type": "client_credentials", "scope": "admin"},
+            timeout=10,
+            auth=(secret_client["client_id"], secret_client["client_secret"]),
+        )
         assert r.status_code == 400
     finally:
         srv.stop()
@@ -193,8 +221,10 @@ def db_copy(recorded: LiveServer, tmp_path: pathlib.Path) -> LiveServer:
     dst = LiveServer(tmp_path / "data")
     dst.data_dir.mkdir(parents=True)
     shutil.copy(recorded.data_dir / "kek", dst.data_dir / "kek")
-    with contextlib.closing(sqlite3.connect(recorded.data_dir / "tessera.db")) as src, \
-            contextlib.closing(sqlite3.connect(dst.data_dir / "tessera.db")) as out:
+    with (
+        contextlib.closing(sqlite3.connect(recorded.data_dir / "tessera.db")) as src,
+        contextlib.closing(sqlite3.connect(dst.data_dir / "tessera.db")) as out,
+    ):
         src.backup(out)
     return dst
 
@@ -242,8 +272,10 @@ def test_altered_data_is_named(db_copy: LiveServer, seq: int) -> None:
     assert "altered" in line
 
 
-@pytest.mark.parametrize("column,value", [("event", "client.deleted"), ("actor", "someone-else"),
-                                          ("subject", None), ("ts", 0), ("hash", "a" * 64)])
+@pytest.mark.parametrize(
+    "column,value",
+    [("event", "client.deleted"), ("actor", "someone-else"), ("subject", None), ("ts", 0), ("hash", "a" * 64)],
+)
 def test_altered_column_is_named(db_copy: LiveServer, column: str, value: Any) -> None:
     target = _records(db_copy)[4]
     _tamper(db_copy, (f"UPDATE audit_log SET {column} = ? WHERE seq = ?", (value, target["seq"])))
@@ -261,17 +293,23 @@ def test_refusal_erased_from_the_log_is_named(db_copy: LiveServer) -> None:
 def test_swapped_data_is_named(db_copy: LiveServer) -> None:
     rows = _records(db_copy)
     a, b = rows[3], rows[6]
-    _tamper(db_copy, ("UPDATE audit_log SET data = ? WHERE seq = ?", (b["data"], a["seq"])),
-            ("UPDATE audit_log SET data = ? WHERE seq = ?", (a["data"], b["seq"])))
+    _tamper(
+        db_copy,
+        ("UPDATE audit_log SET data = ? WHERE seq = ?", (b["data"], a["seq"])),
+        ("UPDATE audit_log SET data = ? WHERE seq = ?", (a["data"], b["seq"])),
+    )
     assert _broken_at(db_copy)[0] == a["seq"]
 
 
 def test_reordered_rows_are_named(db_copy: LiveServer) -> None:
     rows = _records(db_copy)
     a, b = rows[2]["seq"], rows[5]["seq"]
-    _tamper(db_copy, ("UPDATE audit_log SET seq = -1 WHERE seq = ?", (a,)),
-            ("UPDATE audit_log SET seq = ? WHERE seq = ?", (a, b)),
-            ("UPDATE audit_log SET seq = ? WHERE seq = -1", (b,)))
+    _tamper(
+        db_copy,
+        ("UPDATE audit_log SET seq = -1 WHERE seq = ?", (a,)),
+        ("UPDATE audit_log SET seq = ? WHERE seq = ?", (a, b)),
+        ("UPDATE audit_log SET seq = ? WHERE seq = -1", (b,)),
+    )
     bad, line = _broken_at(db_copy)
     assert bad == a
     assert "does not link" in line
@@ -284,8 +322,13 @@ def test_resealed_record_is_named_at_the_next(db_copy: LiveServer) -> None:
     data = json.loads(target["data"])
     data["forged"] = True
     forged = {k: target[k] for k in ("seq", "ts", "event", "actor", "subject", "prev")} | {"data": data}
-    _tamper(db_copy, ("UPDATE audit_log SET data = ?, hash = ? WHERE seq = ?",
-                   (json.dumps(data), record_hash(forged), target["seq"])))
+    _tamper(
+        db_copy,
+        (
+            "UPDATE audit_log SET data = ?, hash = ? WHERE seq = ?",
+            (json.dumps(data), record_hash(forged), target["seq"]),
+        ),
+    )
     assert _broken_at(db_copy)[0] == target["seq"] + 1
 
 

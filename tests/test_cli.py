@@ -38,7 +38,7 @@ def _failed(r: subprocess.CompletedProcess[str], code: int = 1) -> str:
     assert r.stdout == ""
     errors = [line for line in r.stderr.splitlines() if line.startswith("tessera: ")]
     assert len(errors) == 1, r.stderr
-    return r.stderr[r.stderr.index("tessera: "):]
+    return r.stderr[r.stderr.index("tessera: ") :]
 
 
 def _cli_env(tmp_path: pathlib.Path, **extra: str) -> LiveServer:
@@ -47,8 +47,9 @@ def _cli_env(tmp_path: pathlib.Path, **extra: str) -> LiveServer:
 
 
 def _token(server: LiveServer, client_id: str, secret: str) -> httpx.Response:
-    return httpx.post(server.token_endpoint, data={"grant_type": "client_credentials"}, auth=(client_id, secret),
-                      timeout=10)
+    return httpx.post(
+        server.token_endpoint, data={"grant_type": "client_credentials"}, auth=(client_id, secret), timeout=10
+    )
 
 
 def _eventually(request: Callable[[], httpx.Response], status: int, within: float = 10.0) -> httpx.Response:
@@ -64,8 +65,11 @@ def _eventually(request: Callable[[], httpx.Response], status: int, within: floa
 
 def _audit_events(env: LiveServer, subject: str) -> list[dict[str, Any]]:
     out = _ok(env.cli("audit", "export"))
-    return [rec for rec in map(json.loads, out.splitlines())
-            if rec["subject"] == subject and rec["event"].startswith("client.")]
+    return [
+        rec
+        for rec in map(json.loads, out.splitlines())
+        if rec["subject"] == subject and rec["event"].startswith("client.")
+    ]
 
 
 # -- help -------------------------------------------------------------------------------------------------
@@ -115,6 +119,7 @@ def test_unknown_command_is_a_usage_error(tmp_path: pathlib.Path) -> None:
 
 # -- init ------------------------------------------------------------------------------------------------
 
+
 def test_init_creates_database_kek_and_keys(tmp_path: pathlib.Path) -> None:
     env = _cli_env(tmp_path)
     assert not env.data_dir.exists()
@@ -154,11 +159,29 @@ def test_init_with_tessera_kek_writes_no_kek_file(tmp_path: pathlib.Path) -> Non
 
 # -- clients against a live server ----------------------------------------------------------------------------
 
+
 def test_clients_add_with_a_secret(server: LiveServer) -> None:
     cid = "cli-secret-" + secrets.token_hex(4)
-    out = _ok(server.cli("clients", "add", "--client-id", cid, "--auth-method", "client_secret_basic",
-                         "--scope", "read write", "--name", "CLI client", "--resource", "https://api.example.com",
-                         "--default-resource", "https://api.example.com", "--lifetime", "300"))
+    out = _ok(
+        server.cli(
+            "clients",
+            "add",
+            "--client-id",
+            cid,
+            "--auth-method",
+            "client_secret_basic",
+            "--scope",
+            "read write",
+            "--name",
+            "CLI client",
+            "--resource",
+            "https://api.example.com",
+            "--default-resource",
+            "https://api.example.com",
+            "--lifetime",
+            "300",
+        )
+    )
     shown = json.loads(out)
     secret = shown["client_secret"]
     assert len(secret) >= 32
@@ -197,9 +220,15 @@ def test_clients_add_private_key_jwt_from_a_jwks_file(server: LiveServer, tmp_pa
     assert "client_secret" not in shown
     assert shown["jwks"]["keys"][0]["kid"] == "k1"
     cid = shown["client_id"]
-    r = httpx.post(server.token_endpoint, timeout=10, data={
-        "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": client_assertion(key, cid, server.token_endpoint)})
+    r = httpx.post(
+        server.token_endpoint,
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(key, cid, server.token_endpoint),
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["scope"] == "deploy"
     _failed(server.cli("clients", "rotate-secret", cid))
@@ -214,8 +243,11 @@ def test_clients_rotate_secret(server: LiveServer) -> None:
     assert first == {"client_id": cid, "client_secret": new}
 
     def post(secret: str) -> Callable[[], httpx.Response]:
-        return lambda: httpx.post(server.token_endpoint, timeout=10, data={
-            "grant_type": "client_credentials", "client_id": cid, "client_secret": secret})
+        return lambda: httpx.post(
+            server.token_endpoint,
+            timeout=10,
+            data={"grant_type": "client_credentials", "client_id": cid, "client_secret": secret},
+        )
 
     assert _eventually(post(new), 200).status_code == 200
     second = json.loads(_ok(server.cli("clients", "rotate-secret", cid)))["client_secret"]
@@ -243,21 +275,27 @@ def test_clients_remove(server: LiveServer) -> None:
 def test_clients_add_refusals(server: LiveServer, tmp_path: pathlib.Path) -> None:
     cid = "cli-dup-" + secrets.token_hex(4)
     _ok(server.cli("clients", "add", "--client-id", cid, "--auth-method", "client_secret_basic"))
-    assert f"client {cid} exists" in _failed(server.cli("clients", "add", "--client-id", cid,
-                                                        "--auth-method", "client_secret_basic"))
+    assert f"client {cid} exists" in _failed(
+        server.cli("clients", "add", "--client-id", cid, "--auth-method", "client_secret_basic")
+    )
     msg = _failed(server.cli("clients", "add", "--auth-method", "client_secret_basic", "--scope", 'a"b'))
     assert msg.startswith("tessera: invalid_client_metadata: ")
     msg = _failed(server.cli("clients", "add"))  # private_key_jwt without keys
     assert msg.startswith("tessera: invalid_client_metadata: ")
-    assert "invalid_client_metadata" in _failed(server.cli("clients", "add", "--client-id", "has space",
-                                                           "--auth-method", "client_secret_basic"))
+    assert "invalid_client_metadata" in _failed(
+        server.cli("clients", "add", "--client-id", "has space", "--auth-method", "client_secret_basic")
+    )
 
 
-@pytest.mark.parametrize("argv", [
-    ("--metadata", "{not json"),
-    ("--metadata", "[1, 2]"),
-    ("--jwks-file", "{file}"),
-], ids=["metadata-not-json", "metadata-not-object", "jwks-file-not-json"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--metadata", "{not json"),
+        ("--metadata", "[1, 2]"),
+        ("--jwks-file", "{file}"),
+    ],
+    ids=["metadata-not-json", "metadata-not-object", "jwks-file-not-json"],
+)
 def test_clients_add_bad_json_is_a_usage_error(tmp_path: pathlib.Path, argv: tuple[str, ...]) -> None:
     env = _cli_env(tmp_path)
     bad = tmp_path / "bad.json"
@@ -270,13 +308,22 @@ def test_clients_add_bad_json_is_a_usage_error(tmp_path: pathlib.Path, argv: tup
 
 # -- keys ------------------------------------------------------------------------------------------------------
 
+
 def test_keys_list_and_rotate(tmp_path: pathlib.Path) -> None:
     env = _cli_env(tmp_path)
     before = {k["state"]: k for k in map(json.loads, _ok(env.cli("keys", "list")).splitlines())}
     assert sorted(before) == ["active", "next"]
     for k in before.values():
-        assert set(k) == {"kid", "alg", "state", "created_at", "activated_at", "retired_at", "remove_after",
-                          "removed_at"}
+        assert set(k) == {
+            "kid",
+            "alg",
+            "state",
+            "created_at",
+            "activated_at",
+            "retired_at",
+            "remove_after",
+            "removed_at",
+        }
         assert k["alg"] == "ES256"
     assert before["active"]["activated_at"] is not None and before["next"]["activated_at"] is None
 
@@ -301,6 +348,7 @@ def test_keys_list_and_rotate(tmp_path: pathlib.Path) -> None:
 
 # -- db --------------------------------------------------------------------------------------------------------
 
+
 def test_db_upgrade_is_idempotent(tmp_path: pathlib.Path) -> None:
     from tessera.store.sql.engine import head_revision
 
@@ -315,6 +363,7 @@ def test_db_upgrade_is_idempotent(tmp_path: pathlib.Path) -> None:
 
 # -- config ----------------------------------------------------------------------------------------------------
 
+
 def test_config_masks_secrets(tmp_path: pathlib.Path) -> None:
     import base64
     import os
@@ -322,10 +371,16 @@ def test_config_masks_secrets(tmp_path: pathlib.Path) -> None:
     kek = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
     client_secret = "declared-" + secrets.token_hex(20)
     config = tmp_path / "tessera.toml"
-    config.write_text(f'access_token_lifetime = 600\n\n[[clients]]\nclient_id = "declared"\n'
-                      f'token_endpoint_auth_method = "client_secret_basic"\nclient_secret = "{client_secret}"\n')
-    env = _cli_env(tmp_path, TESSERA_KEK=kek, TESSERA_CONFIG=str(config),
-                   TESSERA_DATABASE_URL="postgresql://tessera:db-pass-9f8e7d@db.internal:5432/tessera")
+    config.write_text(
+        f'access_token_lifetime = 600\n\n[[clients]]\nclient_id = "declared"\n'
+        f'token_endpoint_auth_method = "client_secret_basic"\nclient_secret = "{client_secret}"\n'
+    )
+    env = _cli_env(
+        tmp_path,
+        TESSERA_KEK=kek,
+        TESSERA_CONFIG=str(config),
+        TESSERA_DATABASE_URL="postgresql://tessera:db-pass-9f8e7d@db.internal:5432/tessera",
+    )
     r = env.cli("config")
     out = _ok(r)
     shown = json.loads(out)
@@ -357,8 +412,9 @@ INVALID_SETTINGS = {
 
 
 @pytest.mark.parametrize("extra,command,fragment", INVALID_SETTINGS.values(), ids=INVALID_SETTINGS.keys())
-def test_invalid_setting_is_a_short_error(tmp_path: pathlib.Path, extra: dict[str, str], command: str,
-                                          fragment: str) -> None:
+def test_invalid_setting_is_a_short_error(
+    tmp_path: pathlib.Path, extra: dict[str, str], command: str, fragment: str
+) -> None:
     env = _cli_env(tmp_path, **extra)
     argv = {"keys": ("keys", "list"), "db": ("db", "upgrade")}.get(command, (command,))
     msg = _failed(env.cli(*argv))
@@ -384,6 +440,7 @@ def test_declared_client_with_a_short_secret_is_refused(tmp_path: pathlib.Path) 
 
 # -- clients declared in the config file ---------------------------------------------------------------------
 
+
 def test_config_file_clients_are_synced_on_start(tmp_path: pathlib.Path) -> None:
     secret = secrets.token_urlsafe(32)
     hashed_secret = secrets.token_urlsafe(32)
@@ -392,7 +449,8 @@ def test_config_file_clients_are_synced_on_start(tmp_path: pathlib.Path) -> None
         f'[[clients]]\nclient_id = "svc-plain"\ntoken_endpoint_auth_method = "client_secret_basic"\n'
         f'client_secret = "{secret}"\nscope = "read"\n\n'
         f'[[clients]]\nclient_id = "svc-hashed"\ntoken_endpoint_auth_method = "client_secret_basic"\n'
-        f'client_secret_sha256 = "{hashlib.sha256(hashed_secret.encode()).hexdigest()}"\n')
+        f'client_secret_sha256 = "{hashlib.sha256(hashed_secret.encode()).hexdigest()}"\n'
+    )
     srv = LiveServer(tmp_path / "data", extra_env={"TESSERA_CONFIG": str(config)}).start()
     try:
         r = _token(srv, "svc-plain", secret)
@@ -406,7 +464,8 @@ def test_config_file_clients_are_synced_on_start(tmp_path: pathlib.Path) -> None
         srv.stop()
         config.write_text(
             f'[[clients]]\nclient_id = "svc-hashed"\ntoken_endpoint_auth_method = "client_secret_basic"\n'
-            f'client_secret_sha256 = "{hashlib.sha256(hashed_secret.encode()).hexdigest()}"\nscope = "write"\n')
+            f'client_secret_sha256 = "{hashlib.sha256(hashed_secret.encode()).hexdigest()}"\nscope = "write"\n'
+        )
         srv.start()
         r = _token(srv, "svc-plain", secret)
         assert r.status_code == 401 and r.json()["error"] == "invalid_client"
@@ -418,9 +477,16 @@ def test_config_file_clients_are_synced_on_start(tmp_path: pathlib.Path) -> None
         srv.stop()
 
     export = _ok(srv.cli("audit", "export"))
-    events = [(rec["event"], rec["subject"]) for rec in map(json.loads, export.splitlines())
-              if rec["actor"] == "config" and rec["event"].startswith("client.")]
-    assert events == [("client.declared", "svc-plain"), ("client.declared", "svc-hashed"),
-                      ("client.updated", "svc-hashed"), ("client.deleted", "svc-plain")]
+    events = [
+        (rec["event"], rec["subject"])
+        for rec in map(json.loads, export.splitlines())
+        if rec["actor"] == "config" and rec["event"].startswith("client.")
+    ]
+    assert events == [
+        ("client.declared", "svc-plain"),
+        ("client.declared", "svc-hashed"),
+        ("client.updated", "svc-hashed"),
+        ("client.deleted", "svc-plain"),
+    ]
     assert secret not in export and hashlib.sha256(secret.encode()).hexdigest() not in export
     assert "audit chain ok" in _ok(srv.cli("audit", "verify"))

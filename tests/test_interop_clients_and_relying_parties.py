@@ -59,11 +59,18 @@ class ShortLivedPrivateKeyJWT(PrivateKeyJWT):
     alg = "ES256"
 
     def sign(self, auth: Any, token_endpoint: str) -> str:
-        return private_key_jwt_sign(auth.client_secret, client_id=auth.client_id, token_endpoint=token_endpoint,
-                                    alg=self.alg, header=dict(self.headers or {}), expires_in=120)
+        return private_key_jwt_sign(
+            auth.client_secret,
+            client_id=auth.client_id,
+            token_endpoint=token_endpoint,
+            alg=self.alg,
+            header=dict(self.headers or {}),
+            expires_in=120,
+        )
 
 
 # -- fixtures ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def discovery(server) -> dict[str, Any]:
@@ -83,11 +90,15 @@ def jwks(discovery) -> dict[str, Any]:
 def pkjwt_client(server) -> dict[str, Any]:
     """A private_key_jwt client whose tokens default to a resource server of its own (RFC 8707)."""
     key = ec_key()
-    reg = server.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "authlib-k1")]},
-                          token_endpoint_auth_signing_alg="ES256", scope="orders:read orders:write",
-                          allowed_resources=[API, API2], default_resource=API)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    reg = server.register(
+        token_endpoint_auth_method="private_key_jwt",
+        jwks={"keys": [ec_jwk(key, "authlib-k1")]},
+        token_endpoint_auth_signing_alg="ES256",
+        scope="orders:read orders:write",
+        allowed_resources=[API, API2],
+        default_resource=API,
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return {**reg, "private_key": ECKey.import_key(pem), "kid": "authlib-k1", "audience": API}
 
 
@@ -100,38 +111,47 @@ def basic_client(server) -> dict[str, Any]:
 
 # -- Authlib token requests ----------------------------------------------------------------------------
 
+
 def _pkjwt_sync(discovery: dict[str, Any], c: dict[str, Any], **params: Any) -> dict[str, Any]:
-    with OAuth2Client(c["client_id"], c["private_key"], token_endpoint_auth_method="private_key_jwt",
-                      timeout=10) as client:
-        client.register_client_auth_method(ShortLivedPrivateKeyJWT(discovery["token_endpoint"],
-                                                                   headers={"kid": c["kid"]}))
+    with OAuth2Client(
+        c["client_id"], c["private_key"], token_endpoint_auth_method="private_key_jwt", timeout=10
+    ) as client:
+        client.register_client_auth_method(
+            ShortLivedPrivateKeyJWT(discovery["token_endpoint"], headers={"kid": c["kid"]})
+        )
         return dict(client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials", **params))
 
 
 def _pkjwt_async(discovery: dict[str, Any], c: dict[str, Any], **params: Any) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        async with AsyncOAuth2Client(c["client_id"], c["private_key"], token_endpoint_auth_method="private_key_jwt",
-                                     timeout=10) as client:
-            client.register_client_auth_method(ShortLivedPrivateKeyJWT(discovery["token_endpoint"],
-                                                                       headers={"kid": c["kid"]}))
-            return dict(await client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials",
-                                                 **params))
+        async with AsyncOAuth2Client(
+            c["client_id"], c["private_key"], token_endpoint_auth_method="private_key_jwt", timeout=10
+        ) as client:
+            client.register_client_auth_method(
+                ShortLivedPrivateKeyJWT(discovery["token_endpoint"], headers={"kid": c["kid"]})
+            )
+            return dict(
+                await client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials", **params)
+            )
 
     return asyncio.run(run())
 
 
 def _basic_sync(discovery: dict[str, Any], c: dict[str, Any], **params: Any) -> dict[str, Any]:
-    with OAuth2Client(c["client_id"], c["client_secret"], token_endpoint_auth_method="client_secret_basic",
-                      timeout=10) as client:
+    with OAuth2Client(
+        c["client_id"], c["client_secret"], token_endpoint_auth_method="client_secret_basic", timeout=10
+    ) as client:
         return dict(client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials", **params))
 
 
 def _basic_async(discovery: dict[str, Any], c: dict[str, Any], **params: Any) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        async with AsyncOAuth2Client(c["client_id"], c["client_secret"],
-                                     token_endpoint_auth_method="client_secret_basic", timeout=10) as client:
-            return dict(await client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials",
-                                                 **params))
+        async with AsyncOAuth2Client(
+            c["client_id"], c["client_secret"], token_endpoint_auth_method="client_secret_basic", timeout=10
+        ) as client:
+            return dict(
+                await client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials", **params)
+            )
 
     return asyncio.run(run())
 
@@ -148,35 +168,55 @@ FLOWS: dict[str, tuple[Callable[..., dict[str, Any]], str]] = {
 # Each returns (header, claims) of a token it accepted, or raises. typ is checked by hand after the
 # library verified the signature: none of the three checks the JOSE "typ" header on its own.
 
+
 def _check_typ(header: dict[str, Any]) -> None:
     if header.get("typ") != "at+jwt":
         raise ValueError(f"typ {header.get('typ')!r} is not at+jwt (RFC 9068 §4)")
 
 
-def verify_pyjwt(token: str, *, jwks_uri: str, jwks: dict[str, Any], issuer: str,
-                 audience: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def verify_pyjwt(
+    token: str, *, jwks_uri: str, jwks: dict[str, Any], issuer: str, audience: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     signing_key = pyjwt.PyJWKClient(jwks_uri, cache_jwk_set=False, timeout=10).get_signing_key_from_jwt(token)
-    out = pyjwt.decode_complete(token, signing_key.key, algorithms=ALLOWED_ALGS, issuer=issuer, audience=audience,
-                                options={"require": ["iss", "sub", "aud", "exp", "iat", "jti"]})
+    out = pyjwt.decode_complete(
+        token,
+        signing_key.key,
+        algorithms=ALLOWED_ALGS,
+        issuer=issuer,
+        audience=audience,
+        options={"require": ["iss", "sub", "aud", "exp", "iat", "jti"]},
+    )
     _check_typ(out["header"])
     return out["header"], out["payload"]
 
 
-def verify_joserfc(token: str, *, jwks_uri: str, jwks: dict[str, Any], issuer: str,
-                   audience: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def verify_joserfc(
+    token: str, *, jwks_uri: str, jwks: dict[str, Any], issuer: str, audience: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     tok = jose_jwt.decode(token, KeySet.import_key_set(jwks), algorithms=ALLOWED_ALGS)
-    jose_jwt.JWTClaimsRegistry(iss={"essential": True, "value": issuer}, aud={"essential": True, "value": audience},
-                               sub={"essential": True}, exp={"essential": True}, iat={"essential": True},
-                               jti={"essential": True}).validate(tok.claims)
+    jose_jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": issuer},
+        aud={"essential": True, "value": audience},
+        sub={"essential": True},
+        exp={"essential": True},
+        iat={"essential": True},
+        jti={"essential": True},
+    ).validate(tok.claims)
     _check_typ(dict(tok.header))
     return dict(tok.header), dict(tok.claims)
 
 
-def verify_jwcrypto(token: str, *, jwks_uri: str, jwks: dict[str, Any], issuer: str,
-                    audience: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def verify_jwcrypto(
+    token: str, *, jwks_uri: str, jwks: dict[str, Any], issuer: str, audience: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     keyset = jc_jwk.JWKSet.from_json(json.dumps(jwks))
-    t = jc_jwt.JWT(jwt=token, key=keyset, algs=ALLOWED_ALGS, expected_type="JWS",
-                   check_claims={"iss": issuer, "aud": audience, "exp": None, "iat": None, "sub": None, "jti": None})
+    t = jc_jwt.JWT(
+        jwt=token,
+        key=keyset,
+        algs=ALLOWED_ALGS,
+        expected_type="JWS",
+        check_claims={"iss": issuer, "aud": audience, "exp": None, "iat": None, "sub": None, "jti": None},
+    )
     header = json.loads(t.header)
     _check_typ(header)
     return header, json.loads(t.claims)
@@ -192,6 +232,7 @@ REJECTIONS: dict[str, tuple[type[BaseException], ...]] = {
 
 # -- tokens from Authlib, verified by each relying party ---------------------------------------------------
 
+
 @pytest.mark.parametrize("rp", RELYING_PARTIES)
 @pytest.mark.parametrize("flow", FLOWS)
 def test_authlib_token_verifies_with_relying_party(request, server, discovery, jwks, flow: str, rp: str) -> None:
@@ -202,8 +243,9 @@ def test_authlib_token_verifies_with_relying_party(request, server, discovery, j
     assert body["scope"] == c["scope"]  # no scope requested: the registered scope (RFC 6749 §3.3)
     assert body["expires_in"] == 900
 
-    header, claims = RELYING_PARTIES[rp](body["access_token"], jwks_uri=discovery["jwks_uri"], jwks=jwks,
-                                         issuer=server.issuer, audience=c["audience"])
+    header, claims = RELYING_PARTIES[rp](
+        body["access_token"], jwks_uri=discovery["jwks_uri"], jwks=jwks, issuer=server.issuer, audience=c["audience"]
+    )
     assert header["alg"] == "ES256"
     assert header["kid"] in {k["kid"] for k in jwks["keys"]}
     # RFC 9068 §2.2 claims; for client_credentials the subject is the client itself.
@@ -226,8 +268,9 @@ def test_scope_and_resource_through_authlib(server, discovery, jwks, pkjwt_clien
     body = _pkjwt_sync(discovery, pkjwt_client, scope="orders:read", resource=API2)
     assert body["scope"] == "orders:read"
     verify = RELYING_PARTIES[rp]
-    _, claims = verify(body["access_token"], jwks_uri=discovery["jwks_uri"], jwks=jwks, issuer=server.issuer,
-                       audience=API2)
+    _, claims = verify(
+        body["access_token"], jwks_uri=discovery["jwks_uri"], jwks=jwks, issuer=server.issuer, audience=API2
+    )
     assert claims["aud"] == API2
     assert claims["scope"] == "orders:read"
     with pytest.raises(REJECTIONS[rp]):
@@ -235,9 +278,13 @@ def test_scope_and_resource_through_authlib(server, discovery, jwks, pkjwt_clien
 
 
 def test_jti_is_unique_across_tokens(discovery, pkjwt_client, basic_client) -> None:
-    tokens = [_pkjwt_sync(discovery, pkjwt_client), _pkjwt_async(discovery, pkjwt_client),
-              _basic_sync(discovery, basic_client), _basic_async(discovery, basic_client),
-              _basic_sync(discovery, basic_client)]
+    tokens = [
+        _pkjwt_sync(discovery, pkjwt_client),
+        _pkjwt_async(discovery, pkjwt_client),
+        _basic_sync(discovery, basic_client),
+        _basic_async(discovery, basic_client),
+        _basic_sync(discovery, basic_client),
+    ]
     jtis = [pyjwt.decode(t["access_token"], options={"verify_signature": False})["jti"] for t in tokens]
     assert len(set(jtis)) == len(jtis)
     assert len({t["access_token"] for t in tokens}) == len(tokens)
@@ -246,8 +293,9 @@ def test_jti_is_unique_across_tokens(discovery, pkjwt_client, basic_client) -> N
 def test_authlib_default_private_key_jwt_works_out_of_the_box(discovery, pkjwt_client) -> None:
     """Authlib's stock ``PrivateKeyJWT`` (3600 s assertions, aud = token endpoint) gets a token unchanged,
     and its assertion is single use like any other."""
-    with OAuth2Client(pkjwt_client["client_id"], pkjwt_client["private_key"],
-                      token_endpoint_auth_method="private_key_jwt", timeout=10) as client:
+    with OAuth2Client(
+        pkjwt_client["client_id"], pkjwt_client["private_key"], token_endpoint_auth_method="private_key_jwt", timeout=10
+    ) as client:
         client.register_client_auth_method(PrivateKeyJWT(discovery["token_endpoint"], alg="ES256"))
         token = client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials")
     claims = pyjwt.decode(token["access_token"], options={"verify_signature": False})
@@ -255,13 +303,16 @@ def test_authlib_default_private_key_jwt_works_out_of_the_box(discovery, pkjwt_c
 
 
 def test_authlib_wrong_secret_is_invalid_client(discovery, basic_client) -> None:
-    with OAuth2Client(basic_client["client_id"], basic_client["client_secret"] + "x", timeout=10) as client, \
-            pytest.raises(AuthlibOAuthError) as exc:
+    with (
+        OAuth2Client(basic_client["client_id"], basic_client["client_secret"] + "x", timeout=10) as client,
+        pytest.raises(AuthlibOAuthError) as exc,
+    ):
         client.fetch_token(discovery["token_endpoint"], grant_type="client_credentials")
     assert exc.value.error == "invalid_client"
 
 
 # -- tampered tokens: refused by every relying party ---------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def good_token(discovery, basic_client) -> str:
@@ -271,7 +322,7 @@ def good_token(discovery, basic_client) -> str:
 def _flip_payload_char(token: str) -> str:
     h, p, s = token.split(".")
     i = len(p) // 2
-    return ".".join([h, p[:i] + ("B" if p[i] != "B" else "C") + p[i + 1:], s])
+    return ".".join([h, p[:i] + ("B" if p[i] != "B" else "C") + p[i + 1 :], s])
 
 
 def _alg_none(token: str) -> str:
@@ -314,6 +365,7 @@ def test_tampered_token_rejected(server, discovery, jwks, basic_client, good_tok
 
 # -- discovery and JWKS --------------------------------------------------------------------------------------
 
+
 def test_rfc8414_metadata_equals_openid_configuration(server, discovery) -> None:
     r = httpx.get(server.issuer + "/.well-known/oauth-authorization-server", timeout=10)
     assert r.status_code == 200
@@ -349,20 +401,24 @@ def test_jwks_is_cacheable_and_public(discovery) -> None:
 
 # -- Authlib's requests-based OAuth2Session, the client most integrations start from ---------------------------
 
+
 def test_authlib_oauth2session_with_both_auth_methods(server, discovery, jwks, pkjwt_client, basic_client) -> None:
     from authlib.integrations.requests_client import OAuth2Session
 
-    with OAuth2Session(basic_client["client_id"], basic_client["client_secret"],
-                       token_endpoint_auth_method="client_secret_basic") as session:
+    with OAuth2Session(
+        basic_client["client_id"], basic_client["client_secret"], token_endpoint_auth_method="client_secret_basic"
+    ) as session:
         basic = session.fetch_token(discovery["token_endpoint"], grant_type="client_credentials", scope="read")
-    with OAuth2Session(pkjwt_client["client_id"], pkjwt_client["private_key"],
-                       token_endpoint_auth_method="private_key_jwt") as session:
+    with OAuth2Session(
+        pkjwt_client["client_id"], pkjwt_client["private_key"], token_endpoint_auth_method="private_key_jwt"
+    ) as session:
         session.register_client_auth_method(PrivateKeyJWT(discovery["token_endpoint"], alg="ES256"))
         pkjwt = session.fetch_token(discovery["token_endpoint"], grant_type="client_credentials")
     for token, client in ((basic, basic_client), (pkjwt, pkjwt_client)):
         assert token["token_type"].lower() == "bearer"
         key = pyjwt.PyJWKClient(discovery["jwks_uri"]).get_signing_key_from_jwt(token["access_token"]).key
-        claims = pyjwt.decode(token["access_token"], key, algorithms=["ES256"], audience=client["audience"],
-                              issuer=server.issuer)
+        claims = pyjwt.decode(
+            token["access_token"], key, algorithms=["ES256"], audience=client["audience"], issuer=server.issuer
+        )
         assert claims["client_id"] == client["client_id"] == claims["sub"]
     assert basic["scope"] == "read"

@@ -83,7 +83,7 @@ class Recorder(httpx.AsyncHTTPTransport):
 
     def new(self) -> list[str]:
         """Paths requested since the last call."""
-        fresh = self.requests[self._seen:]
+        fresh = self.requests[self._seen :]
         self._seen = len(self.requests)
         return [r.url.path for r in fresh]
 
@@ -144,14 +144,21 @@ def relying_party() -> Iterator[Callable[..., tuple[RelyingParty, Clock, Recorde
     """Builds relying parties for an issuer: ``make(issuer, **verifier_options)`` or ``make(verifier=...)``."""
     started: list[RelyingParty] = []
 
-    def make(issuer: str | None = None, *, verifier: Verifier | None = None, clock: Clock | None = None,
-             recorder: Recorder | None = None, **options: Any) -> tuple[RelyingParty, Clock, Recorder]:
+    def make(
+        issuer: str | None = None,
+        *,
+        verifier: Verifier | None = None,
+        clock: Clock | None = None,
+        recorder: Recorder | None = None,
+        **options: Any,
+    ) -> tuple[RelyingParty, Clock, Recorder]:
         clock = clock or Clock()
         recorder = recorder or Recorder()
         if verifier is None:
             assert issuer is not None
-            verifier = Verifier(issuer, audiences=[issuer], clock=clock, async_transport=recorder,
-                                background_refresh=False, **options)
+            verifier = Verifier(
+                issuer, audiences=[issuer], clock=clock, async_transport=recorder, background_refresh=False, **options
+            )
         rp = RelyingParty(verifier)
         started.append(rp)
         return rp.start(), clock, recorder
@@ -201,6 +208,7 @@ def list_path(token: str) -> str:
 
 # -- revocation propagates within one status list ttl ------------------------------------------------------------
 
+
 def test_revocation_reaches_the_relying_party_within_one_status_ttl(server: LiveServer, relying_party: Any) -> None:
     client = server.register()
     token, neighbour = issue(server, client), issue(server, client)
@@ -238,8 +246,10 @@ def test_revocation_reaches_the_relying_party_within_one_status_ttl(server: Live
 
 # -- issuer outage: cached data until the limits, then fail closed ----------------------------------------------
 
-def test_issuer_outage_keeps_verifying_recovers_and_fails_closed_at_status_max_age(tmp_path: pathlib.Path,
-                                                                                  relying_party: Any) -> None:
+
+def test_issuer_outage_keeps_verifying_recovers_and_fails_closed_at_status_max_age(
+    tmp_path: pathlib.Path, relying_party: Any
+) -> None:
     with live(tmp_path / "data") as srv:
         client = srv.register()
         token = issue(srv, client)
@@ -281,8 +291,9 @@ def test_issuer_outage_keeps_verifying_recovers_and_fails_closed_at_status_max_a
         assert rec.new() == [], "both are backing off; the decision needs no request"
 
 
-def test_issuer_outage_without_status_claims_fails_closed_at_keys_max_stale(tmp_path: pathlib.Path,
-                                                                           relying_party: Any) -> None:
+def test_issuer_outage_without_status_claims_fails_closed_at_keys_max_stale(
+    tmp_path: pathlib.Path, relying_party: Any
+) -> None:
     with live(tmp_path / "data", TESSERA_STATUS_LISTS="false") as srv:
         token = issue(srv, srv.register())
         assert "status" not in payload(token)
@@ -303,6 +314,7 @@ def test_issuer_outage_without_status_claims_fails_closed_at_keys_max_stale(tmp_
 
 
 # -- key rotation and removal -------------------------------------------------------------------------------------
+
 
 def _jwks_kids(srv: LiveServer) -> list[str]:
     return [k["kid"] for k in httpx.get(srv.issuer + JWKS, timeout=10).json()["keys"]]
@@ -387,6 +399,7 @@ def test_rotation_and_removal_as_seen_by_the_relying_party(tmp_path: pathlib.Pat
 
 # -- offline trust bundle ------------------------------------------------------------------------------------------
 
+
 def test_offline_bundle_verifies_refuses_revoked_and_expires(tmp_path: pathlib.Path, relying_party: Any) -> None:
     with live(tmp_path / "data") as srv:
         client = srv.register()
@@ -401,8 +414,15 @@ def test_offline_bundle_verifies_refuses_revoked_and_expires(tmp_path: pathlib.P
     exp = payload(bundle.strip())["exp"]
 
     clock, rec = Clock(), Recorder()
-    verifier = Verifier.from_bundle(bundle, issuer=srv.issuer, trusted_jwks=trusted, audiences=[srv.issuer],
-                                    clock=clock, async_transport=rec, background_refresh=False)
+    verifier = Verifier.from_bundle(
+        bundle,
+        issuer=srv.issuer,
+        trusted_jwks=trusted,
+        audiences=[srv.issuer],
+        clock=clock,
+        async_transport=rec,
+        background_refresh=False,
+    )
     rp, _, _ = relying_party(verifier=verifier, clock=clock, recorder=rec)
     assert ok(rp.call(valid), valid)["source"] == "bundle"
     refused(rp.call(revoked), "revoked")
@@ -414,6 +434,7 @@ def test_offline_bundle_verifies_refuses_revoked_and_expires(tmp_path: pathlib.P
 
 
 # -- tessera verify --------------------------------------------------------------------------------------------------
+
 
 def test_cli_verify_against_the_live_issuer(server: LiveServer) -> None:
     token = issue(server, server.register())

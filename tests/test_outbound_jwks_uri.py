@@ -49,9 +49,15 @@ def jwks_server() -> Iterator[tuple[str, type[_Jwks]]]:
 
 
 def _token(server: LiveServer, client_id: str, key: Any) -> httpx.Response:
-    return httpx.post(server.token_endpoint, timeout=15, data={
-        "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": client_assertion(key, client_id, server.token_endpoint)})
+    return httpx.post(
+        server.token_endpoint,
+        timeout=15,
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(key, client_id, server.token_endpoint),
+        },
+    )
 
 
 def test_non_public_jwks_uri_is_never_contacted_and_nothing_leaks(server: LiveServer) -> None:
@@ -61,8 +67,7 @@ def test_non_public_jwks_uri_is_never_contacted_and_nothing_leaks(server: LiveSe
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
     try:
-        reg = server.register(token_endpoint_auth_method="private_key_jwt",
-                              jwks_uri=f"https://127.0.0.1:{port}/jwks")
+        reg = server.register(token_endpoint_auth_method="private_key_jwt", jwks_uri=f"https://127.0.0.1:{port}/jwks")
         answers = [_token(server, reg["client_id"], ec_key()) for _ in range(3)]
         with pytest.raises(TimeoutError):
             listener.accept()  # nobody ever connected
@@ -74,9 +79,12 @@ def test_non_public_jwks_uri_is_never_contacted_and_nothing_leaks(server: LiveSe
 
 
 def test_http_jwks_uri_needs_development_mode(server: LiveServer) -> None:
-    r = httpx.post(server.issuer + "/oauth/register", timeout=10,
-                   headers={"Authorization": f"Bearer {server.reg_token}"},
-                   json={"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": "http://127.0.0.1:9/jwks"})
+    r = httpx.post(
+        server.issuer + "/oauth/register",
+        timeout=10,
+        headers={"Authorization": f"Bearer {server.reg_token}"},
+        json={"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": "http://127.0.0.1:9/jwks"},
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_client_metadata"
 
 

@@ -32,12 +32,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres) -> Ite
     """Two servers, one database and KEK, one issuer; started at the same time on an empty database."""
     db_url = postgres.create_database()
     base = tmp_path_factory.mktemp("pg-cluster")
-    a = LiveServer(base / "a", extra_env={"TESSERA_DATABASE_URL": db_url, "TESSERA_KEK": KEK.generate_text(),
-                                          "TESSERA_SIGNING_ALGS": ALGS})
-    b = LiveServer(base / "b", extra_env={
-        "TESSERA_DATABASE_URL": db_url, "TESSERA_KEK": a.env["TESSERA_KEK"], "TESSERA_SIGNING_ALGS": ALGS,
-        "TESSERA_ISSUER": a.issuer, "TESSERA_ADMIN_TOKEN": a.admin_token,
-        "TESSERA_REGISTRATION_TOKEN": a.reg_token})
+    a = LiveServer(
+        base / "a",
+        extra_env={"TESSERA_DATABASE_URL": db_url, "TESSERA_KEK": KEK.generate_text(), "TESSERA_SIGNING_ALGS": ALGS},
+    )
+    b = LiveServer(
+        base / "b",
+        extra_env={
+            "TESSERA_DATABASE_URL": db_url,
+            "TESSERA_KEK": a.env["TESSERA_KEK"],
+            "TESSERA_SIGNING_ALGS": ALGS,
+            "TESSERA_ISSUER": a.issuer,
+            "TESSERA_ADMIN_TOKEN": a.admin_token,
+            "TESSERA_REGISTRATION_TOKEN": a.reg_token,
+        },
+    )
     b.admin_token, b.reg_token = a.admin_token, a.reg_token
     with ThreadPoolExecutor(2) as pool:
         starts = [pool.submit(s.start, 60) for s in (a, b)]
@@ -76,8 +85,9 @@ def test_two_processes_issue_tokens_concurrently(cluster: tuple[LiveServer, Live
     a, b = cluster
     secret_client = a.register(scope="read")
     key = ec_key()
-    jwt_client = a.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "k1")]},
-                            scope="read")
+    jwt_client = a.register(
+        token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "k1")]}, scope="read"
+    )
     aud = a.issuer + "/oauth/token"  # the issuer both processes share
     local = threading.local()
     opened: list[httpx.Client] = []
@@ -89,11 +99,20 @@ def test_two_processes_issue_tokens_concurrently(cluster: tuple[LiveServer, Live
         srv = (a, b)[i % 2]
         if (i // 2) % 2:
             assertion = client_assertion(key, jwt_client["client_id"], aud)
-            return local.http.post(srv.token_endpoint, data={
-                "grant_type": "client_credentials", "scope": "read", "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": assertion})
-        return local.http.post(srv.token_endpoint, data={"grant_type": "client_credentials", "scope": "read"},
-                               auth=(secret_client["client_id"], secret_client["client_secret"]))
+            return local.http.post(
+                srv.token_endpoint,
+                data={
+                    "grant_type": "client_credentials",
+                    "scope": "read",
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": assertion,
+                },
+            )
+        return local.http.post(
+            srv.token_endpoint,
+            data={"grant_type": "client_credentials", "scope": "read"},
+            auth=(secret_client["client_id"], secret_client["client_secret"]),
+        )
 
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -109,7 +128,9 @@ def test_two_processes_issue_tokens_concurrently(cluster: tuple[LiveServer, Live
     assert len(set(jtis)) == 300
     assert {c["iss"] for c in claims} == {a.issuer}
     assert collections.Counter(c["client_id"] for c in claims) == {
-        secret_client["client_id"]: 150, jwt_client["client_id"]: 150}
+        secret_client["client_id"]: 150,
+        jwt_client["client_id"]: 150,
+    }
     [(active,)] = sql(a, "SELECT kid FROM signing_keys WHERE alg = 'ES256' AND state = 'active'")
     assert {jwt.get_unverified_header(t)["kid"] for t in tokens} == {active}
 
@@ -120,8 +141,16 @@ def test_two_processes_issue_tokens_concurrently(cluster: tuple[LiveServer, Live
     # Both processes' tokens verify with the JWKS either of them publishes.
     keys = jwt.PyJWKSet.from_dict(httpx.get(b.issuer + "/oauth/jwks", timeout=10).json())
     for t in (tokens[0], tokens[1]):
-        assert jwt.decode(t, key=keys[jwt.get_unverified_header(t)["kid"]], algorithms=["ES256"],
-                          audience=a.issuer, issuer=a.issuer)["scope"] == "read"
+        assert (
+            jwt.decode(
+                t,
+                key=keys[jwt.get_unverified_header(t)["kid"]],
+                algorithms=["ES256"],
+                audience=a.issuer,
+                issuer=a.issuer,
+            )["scope"]
+            == "read"
+        )
 
     r = a.cli("audit", "verify")
     assert r.returncode == 0, r.stderr
@@ -141,9 +170,15 @@ def test_an_assertion_is_accepted_once_across_both_processes(cluster: tuple[Live
 
         def send(srv: LiveServer) -> httpx.Response:
             barrier.wait(10)
-            return httpx.post(srv.token_endpoint, timeout=30, data={
-                "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": assertion})
+            return httpx.post(
+                srv.token_endpoint,
+                timeout=30,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": assertion,
+                },
+            )
 
         with ThreadPoolExecutor(2) as pool:
             return list(pool.map(send, (a, b)))
@@ -164,16 +199,25 @@ def test_an_assertion_is_accepted_once_across_both_processes(cluster: tuple[Live
 def test_a_registration_on_one_process_is_served_by_the_other(cluster: tuple[LiveServer, LiveServer]) -> None:
     a, b = cluster
     c = a.register(scope="read")
-    r = httpx.post(b.token_endpoint, data={"grant_type": "client_credentials"},
-                   auth=(c["client_id"], c["client_secret"]), timeout=10)
+    r = httpx.post(
+        b.token_endpoint,
+        data={"grant_type": "client_credentials"},
+        auth=(c["client_id"], c["client_secret"]),
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
-    deleted = httpx.delete(c["registration_client_uri"], timeout=10,
-                           headers={"Authorization": "Bearer " + c["registration_access_token"]})
+    deleted = httpx.delete(
+        c["registration_client_uri"], timeout=10, headers={"Authorization": "Bearer " + c["registration_access_token"]}
+    )
     assert deleted.status_code == 204
 
     def refused() -> bool:
-        r = httpx.post(b.token_endpoint, data={"grant_type": "client_credentials"},
-                       auth=(c["client_id"], c["client_secret"]), timeout=10)
+        r = httpx.post(
+            b.token_endpoint,
+            data={"grant_type": "client_credentials"},
+            auth=(c["client_id"], c["client_secret"]),
+            timeout=10,
+        )
         return r.status_code == 401 and r.json()["error"] == "invalid_client"
 
     # The other process caches the registration for TESSERA_CLIENT_CACHE_TTL (1 s by default).
@@ -192,8 +236,12 @@ def test_rotation_in_one_process_reaches_the_other(cluster: tuple[LiveServer, Li
     c = a.register()
 
     def kid_from_b() -> str:
-        r = httpx.post(b.token_endpoint, data={"grant_type": "client_credentials"},
-                       auth=(c["client_id"], c["client_secret"]), timeout=10)
+        r = httpx.post(
+            b.token_endpoint,
+            data={"grant_type": "client_credentials"},
+            auth=(c["client_id"], c["client_secret"]),
+            timeout=10,
+        )
         assert r.status_code == 200, r.text
         return str(jwt.get_unverified_header(r.json()["access_token"])["kid"])
 

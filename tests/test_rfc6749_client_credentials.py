@@ -31,11 +31,20 @@ API2 = "https://api.example.test/billing"
 
 # -- helpers -------------------------------------------------------------------------------------------
 
-def token_request(server, data: Any = None, *, auth: tuple[str, str] | None = None, content: bytes | None = None,
-                  headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+
+def token_request(
+    server,
+    data: Any = None,
+    *,
+    auth: tuple[str, str] | None = None,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
+) -> httpx.Response:
     if content is not None:
-        return httpx.post(server.token_endpoint, content=content, auth=auth, headers={**FORM, **(headers or {})},
-                          timeout=10, **kw)
+        return httpx.post(
+            server.token_endpoint, content=content, auth=auth, headers={**FORM, **(headers or {})}, timeout=10, **kw
+        )
     return httpx.post(server.token_endpoint, data=data, auth=auth, headers=headers, timeout=10, **kw)
 
 
@@ -76,6 +85,7 @@ def audit_head(server) -> int:
 
 # -- clients -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def basic(server) -> dict[str, Any]:
     reg = server.register(token_endpoint_auth_method="client_secret_basic", scope="read write")
@@ -90,25 +100,30 @@ def post_client(server) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def jwt_client(server) -> dict[str, Any]:
     key = ec_key()
-    reg = server.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "k1")]},
-                          scope="read")
+    reg = server.register(
+        token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "k1")]}, scope="read"
+    )
     return {**reg, "key": key}
 
 
 @pytest.fixture(scope="module")
 def rs_client(server) -> dict[str, Any]:
     """Resources of its own (RFC 8707), a default among them, and a 60 s token lifetime cap."""
-    reg = server.register(scope="orders", allowed_resources=[API, API2], default_resource=API,
-                          access_token_lifetime=60)
+    reg = server.register(scope="orders", allowed_resources=[API, API2], default_resource=API, access_token_lifetime=60)
     return {**reg, "auth": (reg["client_id"], reg["client_secret"])}
 
 
 def assertion_form(assertion: str, **extra: str) -> dict[str, str]:
-    return {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": assertion, **extra}
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+        **extra,
+    }
 
 
 # -- success ----------------------------------------------------------------------------------------------
+
 
 def test_client_secret_basic_success_response(server, basic) -> None:
     r = token_request(server, {"grant_type": "client_credentials", "scope": "read"}, auth=basic["auth"])
@@ -139,8 +154,10 @@ def test_omitted_scope_grants_the_registered_scope(server, basic) -> None:
 def test_client_secret_basic_credentials_are_form_urlencoded(server) -> None:
     """RFC 6749 §2.3.1: client_id and secret are form-urlencoded before Base64; a '+' in the header is a space."""
     with server.admin() as admin:
-        r = admin.post("/clients", json={"client_id": "svc:a@b", "scope": "read",
-                                         "token_endpoint_auth_method": "client_secret_basic"})
+        r = admin.post(
+            "/clients",
+            json={"client_id": "svc:a@b", "scope": "read", "token_endpoint_auth_method": "client_secret_basic"},
+        )
     assert r.status_code == 201, r.text
     secret = r.json()["client_secret"]
     header = "Basic " + base64.b64encode(f"svc%3Aa%40b:{secret}".encode()).decode()
@@ -150,8 +167,14 @@ def test_client_secret_basic_credentials_are_form_urlencoded(server) -> None:
 
 
 def test_client_secret_post_success(server, post_client) -> None:
-    r = token_request(server, {"grant_type": "client_credentials", "client_id": post_client["client_id"],
-                               "client_secret": post_client["client_secret"]})
+    r = token_request(
+        server,
+        {
+            "grant_type": "client_credentials",
+            "client_id": post_client["client_id"],
+            "client_secret": post_client["client_secret"],
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["scope"] == "read"
     assert claims_of(r)["client_id"] == post_client["client_id"]
@@ -160,8 +183,11 @@ def test_client_secret_post_success(server, post_client) -> None:
 @pytest.mark.parametrize("aud", ["token_endpoint", "issuer", "single_element_list"])
 def test_private_key_jwt_audiences_accepted(server, jwt_client, aud: str) -> None:
     """RFC 7523 §3 (3): the audience identifies the server: its token endpoint or its issuer identifier."""
-    value: Any = {"token_endpoint": server.token_endpoint, "issuer": server.issuer,
-                  "single_element_list": [server.token_endpoint]}[aud]
+    value: Any = {
+        "token_endpoint": server.token_endpoint,
+        "issuer": server.issuer,
+        "single_element_list": [server.token_endpoint],
+    }[aud]
     r = token_request(server, assertion_form(_signed(jwt_client, server, aud=value)))
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "no-store"
@@ -184,6 +210,7 @@ def test_lifetime_capped_by_client_access_token_lifetime(server, rs_client) -> N
 
 # -- RFC 8707 resource indicators ----------------------------------------------------------------------------
 
+
 def test_default_resource_is_the_audience_when_none_requested(server, rs_client) -> None:
     r = token_request(server, {"grant_type": "client_credentials"}, auth=rs_client["auth"])
     assert r.status_code == 200, r.text
@@ -202,20 +229,24 @@ def test_several_resources_give_an_audience_array(server, rs_client) -> None:
     assert claims_of(r)["aud"] == [API, API2]
 
 
-@pytest.mark.parametrize("resource", [
-    API + "#fragment",          # RFC 8707 §2: MUST NOT include a fragment component
-    "/orders",                  # MUST be an absolute URI
-    "api.example.test/orders",  # no scheme: relative
-    "https://api.example.test/elsewhere",  # absolute but not allowed for this client
-])
+@pytest.mark.parametrize(
+    "resource",
+    [
+        API + "#fragment",  # RFC 8707 §2: MUST NOT include a fragment component
+        "/orders",  # MUST be an absolute URI
+        "api.example.test/orders",  # no scheme: relative
+        "https://api.example.test/elsewhere",  # absolute but not allowed for this client
+    ],
+)
 def test_invalid_target(server, rs_client, resource: str) -> None:
     r = token_request(server, {"grant_type": "client_credentials", "resource": resource}, auth=rs_client["auth"])
     assert_error(r, 400, "invalid_target")
 
 
 def test_one_bad_resource_among_good_ones_is_invalid_target(server, rs_client) -> None:
-    r = token_request(server, {"grant_type": "client_credentials", "resource": [API, "https://evil.example/"]},
-                      auth=rs_client["auth"])
+    r = token_request(
+        server, {"grant_type": "client_credentials", "resource": [API, "https://evil.example/"]}, auth=rs_client["auth"]
+    )
     assert_error(r, 400, "invalid_target")
 
 
@@ -226,9 +257,13 @@ def test_resource_of_another_client_is_invalid_target(server, basic) -> None:
 
 # -- invalid_client: secrets -------------------------------------------------------------------------------------
 
+
 def test_unknown_client(server) -> None:
-    assert_error(token_request(server, {"grant_type": "client_credentials"}, auth=("no-such-client", "x" * 43)),
-                 401, "invalid_client")
+    assert_error(
+        token_request(server, {"grant_type": "client_credentials"}, auth=("no-such-client", "x" * 43)),
+        401,
+        "invalid_client",
+    )
 
 
 def test_wrong_secret(server, basic) -> None:
@@ -240,27 +275,33 @@ def test_no_client_authentication_at_all(server) -> None:
     assert_error(token_request(server, {"grant_type": "client_credentials"}), 401, "invalid_client")
 
 
-@pytest.mark.parametrize("header", [
-    "Basic !!!not-base64!!!",
-    "Basic " + base64.b64encode(b"no-colon-here").decode(),
-    "Basic " + base64.b64encode(b":secret-without-id").decode(),
-    "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),  # not UTF-8
-    "Basic =",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic !!!not-base64!!!",
+        "Basic " + base64.b64encode(b"no-colon-here").decode(),
+        "Basic " + base64.b64encode(b":secret-without-id").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),  # not UTF-8
+        "Basic =",
+    ],
+)
 def test_malformed_basic_header(server, header: str) -> None:
     r = token_request(server, {"grant_type": "client_credentials"}, headers={"Authorization": header})
     assert_error(r, 401, "invalid_client")
 
 
 def test_client_secret_post_client_using_basic(server, post_client) -> None:
-    r = token_request(server, {"grant_type": "client_credentials"},
-                      auth=(post_client["client_id"], post_client["client_secret"]))
+    r = token_request(
+        server, {"grant_type": "client_credentials"}, auth=(post_client["client_id"], post_client["client_secret"])
+    )
     assert_error(r, 401, "invalid_client")
 
 
 def test_client_secret_basic_client_using_post(server, basic) -> None:
-    r = token_request(server, {"grant_type": "client_credentials", "client_id": basic["client_id"],
-                               "client_secret": basic["client_secret"]})
+    r = token_request(
+        server,
+        {"grant_type": "client_credentials", "client_id": basic["client_id"], "client_secret": basic["client_secret"]},
+    )
     assert_error(r, 401, "invalid_client")
 
 
@@ -271,27 +312,42 @@ def test_secret_client_cannot_send_an_assertion(server, basic) -> None:
 
 # -- invalid_client: private_key_jwt assertions (RFC 7523 §3) --------------------------------------------------------
 
+
 def _alg_none(c: dict[str, Any], server) -> str:
     now = int(time.time())
-    claims = {"iss": c["client_id"], "sub": c["client_id"], "aud": server.token_endpoint, "iat": now,
-              "exp": now + 60, "jti": secrets.token_urlsafe(16)}
+    claims = {
+        "iss": c["client_id"],
+        "sub": c["client_id"],
+        "aud": server.token_endpoint,
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(16),
+    }
     return b64u(json.dumps({"alg": "none", "kid": "k1"}).encode()) + "." + b64u(json.dumps(claims).encode()) + "."
 
 
 def _hs256(c: dict[str, Any], server) -> str:
     """HMAC keyed with the client's own public JWK: what a key-confusion forgery looks like."""
     now = int(time.time())
-    claims = {"iss": c["client_id"], "sub": c["client_id"], "aud": server.token_endpoint, "iat": now,
-              "exp": now + 60, "jti": secrets.token_urlsafe(16)}
-    si = b64u(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()) + "." + b64u(
-        json.dumps(claims).encode())
+    claims = {
+        "iss": c["client_id"],
+        "sub": c["client_id"],
+        "aud": server.token_endpoint,
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(16),
+    }
+    si = (
+        b64u(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()) + "." + b64u(json.dumps(claims).encode())
+    )
     secret = json.dumps(ec_jwk(c["key"], "k1")).encode()
     return si + "." + b64u(hmac.new(secret, si.encode(), hashlib.sha256).digest())
 
 
 def _signed(c: dict[str, Any], server, *, aud: Any = "token_endpoint", **overrides: Any) -> str:
-    return client_assertion(c["key"], c["client_id"], server.token_endpoint if aud == "token_endpoint" else aud,
-                            **overrides)
+    return client_assertion(
+        c["key"], c["client_id"], server.token_endpoint if aud == "token_endpoint" else aud, **overrides
+    )
 
 
 BAD_ASSERTIONS: dict[str, Callable[[dict[str, Any], Any], str]] = {
@@ -316,11 +372,19 @@ BAD_ASSERTIONS: dict[str, Callable[[dict[str, Any], Any], str]] = {
     "not_a_jwt": lambda c, s: "not.a.jwt",
     "two_segments": lambda c, s: ".".join(_signed(c, s).split(".")[:2]),
     "payload_tampered": lambda c, s: (lambda h, p, sig: f"{h}.{p[:-2]}{'A' if p[-2] != 'A' else 'B'}{p[-1]}.{sig}")(
-        *_signed(c, s).split(".")),
+        *_signed(c, s).split(".")
+    ),
     "crit_header": lambda c, s: sign_es256(
         {"alg": "ES256", "kid": "k1", "crit": ["exp"]},
-        {"iss": c["client_id"], "sub": c["client_id"], "aud": s.token_endpoint, "exp": int(time.time()) + 60,
-         "jti": secrets.token_urlsafe(8)}, c["key"]),
+        {
+            "iss": c["client_id"],
+            "sub": c["client_id"],
+            "aud": s.token_endpoint,
+            "exp": int(time.time()) + 60,
+            "jti": secrets.token_urlsafe(8),
+        },
+        c["key"],
+    ),
 }
 
 
@@ -354,6 +418,7 @@ def test_refused_assertion_does_not_burn_its_jti(server, jwt_client) -> None:
 
 # -- invalid_request ---------------------------------------------------------------------------------------------
 
+
 def test_missing_grant_type(server, basic) -> None:
     assert_error(token_request(server, {"scope": "read"}, auth=basic["auth"]), 400, "invalid_request")
 
@@ -363,10 +428,13 @@ def test_empty_grant_type_is_missing(server, basic) -> None:
     assert_error(token_request(server, content=b"grant_type=", auth=basic["auth"]), 400, "invalid_request")
 
 
-@pytest.mark.parametrize("content", [
-    b"grant_type=client_credentials&grant_type=client_credentials",
-    b"grant_type=client_credentials&scope=read&scope=write",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"grant_type=client_credentials&grant_type=client_credentials",
+        b"grant_type=client_credentials&scope=read&scope=write",
+    ],
+)
 def test_duplicate_parameter(server, basic, content: bytes) -> None:
     """RFC 6749 §3.2: request parameters MUST NOT be included more than once."""
     assert_error(token_request(server, content=content, auth=basic["auth"]), 400, "invalid_request")
@@ -374,8 +442,11 @@ def test_duplicate_parameter(server, basic, content: bytes) -> None:
 
 def test_two_authentication_methods_basic_and_post(server, basic) -> None:
     """RFC 6749 §2.3: the client MUST NOT use more than one authentication method in each request."""
-    r = token_request(server, {"grant_type": "client_credentials", "client_id": basic["client_id"],
-                               "client_secret": basic["client_secret"]}, auth=basic["auth"])
+    r = token_request(
+        server,
+        {"grant_type": "client_credentials", "client_id": basic["client_id"], "client_secret": basic["client_secret"]},
+        auth=basic["auth"],
+    )
     assert_error(r, 400, "invalid_request")
 
 
@@ -396,8 +467,12 @@ def test_missing_content_type_is_refused(server, basic) -> None:
 
 def test_repeated_authorization_header_is_refused(server, basic) -> None:
     good = "Basic " + base64.b64encode(f"{basic['client_id']}:{basic['client_secret']}".encode()).decode()
-    r = httpx.post(server.token_endpoint, content=b"grant_type=client_credentials", timeout=10,
-                   headers=[("Content-Type", FORM["Content-Type"]), ("Authorization", good), ("Authorization", good)])
+    r = httpx.post(
+        server.token_endpoint,
+        content=b"grant_type=client_credentials",
+        timeout=10,
+        headers=[("Content-Type", FORM["Content-Type"]), ("Authorization", good), ("Authorization", good)],
+    )
     assert_error(r, 400, "invalid_request")
 
 
@@ -425,8 +500,17 @@ def test_client_assertion_type_without_assertion(server) -> None:
 
 # -- unsupported_grant_type, unauthorized_client ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("grant_type", ["password", "authorization_code", "refresh_token",
-                                        "urn:ietf:params:oauth:grant-type:jwt-bearer", "CLIENT_CREDENTIALS"])
+
+@pytest.mark.parametrize(
+    "grant_type",
+    [
+        "password",
+        "authorization_code",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "CLIENT_CREDENTIALS",
+    ],
+)
 def test_unsupported_grant_type(server, basic, grant_type: str) -> None:
     r = token_request(server, {"grant_type": grant_type}, auth=basic["auth"])
     assert_error(r, 400, "unsupported_grant_type")
@@ -443,13 +527,18 @@ def client_without_client_credentials(server) -> Iterator[tuple[str, str]]:
     database). The row is written into the server's SQLite database directly.
     """
     cid, secret = "legacy-" + secrets.token_hex(6), secrets.token_urlsafe(32)
-    md = {"grant_types": ["urn:ietf:params:oauth:grant-type:jwt-bearer"],
-          "token_endpoint_auth_method": "client_secret_basic", "scope": "read"}
+    md = {
+        "grant_types": ["urn:ietf:params:oauth:grant-type:jwt-bearer"],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "scope": "read",
+    }
     now = int(time.time())
     with sqlite3.connect(server.data_dir / "tessera.db", timeout=30) as db:
-        db.execute("INSERT INTO clients (client_id, metadata, secret_hash, registration_token_hash, source, "
-                   "created_at, updated_at) VALUES (?, ?, ?, NULL, 'admin', ?, ?)",
-                   (cid, json.dumps(md), hashlib.sha256(secret.encode()).hexdigest(), now, now))
+        db.execute(
+            "INSERT INTO clients (client_id, metadata, secret_hash, registration_token_hash, source, "
+            "created_at, updated_at) VALUES (?, ?, ?, NULL, 'admin', ?, ?)",
+            (cid, json.dumps(md), hashlib.sha256(secret.encode()).hexdigest(), now, now),
+        )
     db.close()
     yield cid, secret
 
@@ -457,28 +546,37 @@ def client_without_client_credentials(server) -> Iterator[tuple[str, str]]:
 def test_unauthorized_client(server, client_without_client_credentials) -> None:
     cid, secret = client_without_client_credentials
     head = audit_head(server)
-    assert_error(token_request(server, {"grant_type": "client_credentials"}, auth=(cid, secret)),
-                 400, "unauthorized_client")
+    assert_error(
+        token_request(server, {"grant_type": "client_credentials"}, auth=(cid, secret)), 400, "unauthorized_client"
+    )
     # The client did authenticate: a wrong secret is still invalid_client, checked before the grant.
-    assert_error(token_request(server, {"grant_type": "client_credentials"}, auth=(cid, secret + "x")),
-                 401, "invalid_client")
+    assert_error(
+        token_request(server, {"grant_type": "client_credentials"}, auth=(cid, secret + "x")), 401, "invalid_client"
+    )
     refusals = [(r["event"], r["subject"], r["data"]["error"]) for r in audit_after(server, head)]
     assert refusals == [("token.refused", cid, "unauthorized_client"), ("token.refused", cid, "invalid_client")]
 
 
 # -- invalid_scope ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("scope", ["admin", "read admin", "Read"])
 def test_scope_not_registered(server, basic, scope: str) -> None:
-    assert_error(token_request(server, {"grant_type": "client_credentials", "scope": scope}, auth=basic["auth"]),
-                 400, "invalid_scope")
+    assert_error(
+        token_request(server, {"grant_type": "client_credentials", "scope": scope}, auth=basic["auth"]),
+        400,
+        "invalid_scope",
+    )
 
 
 @pytest.mark.parametrize("scope", ['read"', "read\\", "réad"])
 def test_scope_with_characters_outside_nqchar(server, basic, scope: str) -> None:
     """RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )."""
-    assert_error(token_request(server, {"grant_type": "client_credentials", "scope": scope}, auth=basic["auth"]),
-                 400, "invalid_scope")
+    assert_error(
+        token_request(server, {"grant_type": "client_credentials", "scope": scope}, auth=basic["auth"]),
+        400,
+        "invalid_scope",
+    )
 
 
 def test_assertion_client_scope_not_registered(server, jwt_client) -> None:
@@ -487,6 +585,7 @@ def test_assertion_client_scope_not_registered(server, jwt_client) -> None:
 
 
 # -- hostile input -----------------------------------------------------------------------------------------------
+
 
 def _stream_3mib() -> Iterator[bytes]:
     yield b"grant_type=client_credentials&x="
@@ -514,8 +613,9 @@ def test_hostile_bodies_are_refused_without_side_effects(server, basic) -> None:
     def still_answers() -> None:
         assert httpx.get(server.issuer + "/healthz", timeout=10).status_code == 200
 
-    r = token_request(server, content=b"grant_type=client_credentials&x=" + b"a" * (3 * 1024 * 1024),
-                      auth=basic["auth"])
+    r = token_request(
+        server, content=b"grant_type=client_credentials&x=" + b"a" * (3 * 1024 * 1024), auth=basic["auth"]
+    )
     assert_error(r, 413, "invalid_request")
     still_answers()
     r = token_request(server, content=_stream_3mib(), auth=basic["auth"])  # chunked: no Content-Length to trust
@@ -550,10 +650,16 @@ def test_refusals_are_audited(server, basic) -> None:
     """Every refusal after the body was parsed is an audit record naming the error (never the secret)."""
     head = audit_head(server)
     wrong = "wrong-" + secrets.token_urlsafe(24)
-    assert_error(token_request(server, {"grant_type": "client_credentials"}, auth=(basic["client_id"], wrong)),
-                 401, "invalid_client")
-    assert_error(token_request(server, {"grant_type": "client_credentials", "scope": "admin"}, auth=basic["auth"]),
-                 400, "invalid_scope")
+    assert_error(
+        token_request(server, {"grant_type": "client_credentials"}, auth=(basic["client_id"], wrong)),
+        401,
+        "invalid_client",
+    )
+    assert_error(
+        token_request(server, {"grant_type": "client_credentials", "scope": "admin"}, auth=basic["auth"]),
+        400,
+        "invalid_scope",
+    )
     records = audit_after(server, head)
     assert [(r["event"], r["subject"], r["data"]["error"]) for r in records] == [
         ("token.refused", basic["client_id"], "invalid_client"),

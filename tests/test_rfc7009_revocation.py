@@ -49,7 +49,10 @@ def test_discovery_names_the_revocation_endpoint(server: LiveServer) -> None:
     assert md["revocation_endpoint"] == server.issuer + "/oauth/revoke"
     assert md["revocation_endpoint_auth_methods_supported"] == md["token_endpoint_auth_methods_supported"]
     assert set(md["revocation_endpoint_auth_methods_supported"]) == {
-        "private_key_jwt", "client_secret_basic", "client_secret_post"}
+        "private_key_jwt",
+        "client_secret_basic",
+        "client_secret_post",
+    }
     assert "ES256" in md["revocation_endpoint_auth_signing_alg_values_supported"]
 
 
@@ -92,8 +95,11 @@ def test_revoking_twice_is_200_and_recorded_once(server: LiveServer, alice: dict
     assert len([r for r in audit(server, "token.revoked") if jti in r["data"].get("jtis", [])]) == 1
 
 
-@pytest.mark.parametrize("value", ["not-a-token", "a.b.c", "x" * 9000, "eyJhbGciOiJub25lIn0.e30."],
-                         ids=["garbage", "three-parts", "huge", "alg-none"])
+@pytest.mark.parametrize(
+    "value",
+    ["not-a-token", "a.b.c", "x" * 9000, "eyJhbGciOiJub25lIn0.e30."],
+    ids=["garbage", "three-parts", "huge", "alg-none"],
+)
 def test_an_invalid_token_is_answered_200(server: LiveServer, alice: dict[str, Any], value: str) -> None:
     # §2.2: "invalid tokens do not cause an error response".
     r = revoke(server, {"token": value}, auth=basic(alice))
@@ -102,7 +108,8 @@ def test_an_invalid_token_is_answered_200(server: LiveServer, alice: dict[str, A
 
 
 def test_a_token_signed_by_someone_else_is_answered_200_and_revokes_nothing(
-        server: LiveServer, alice: dict[str, Any]) -> None:
+    server: LiveServer, alice: dict[str, Any]
+) -> None:
     real = issue(server, alice)
     forged_claims = dict(payload(real))
     jwks = httpx.get(server.issuer + "/oauth/jwks", timeout=10).json()
@@ -113,8 +120,7 @@ def test_a_token_signed_by_someone_else_is_answered_200_and_revokes_nothing(
     assert status_of(real) == 0
 
 
-def test_a_token_of_another_client_is_refused(server: LiveServer, alice: dict[str, Any],
-                                              bob: dict[str, Any]) -> None:
+def test_a_token_of_another_client_is_refused(server: LiveServer, alice: dict[str, Any], bob: dict[str, Any]) -> None:
     token = issue(server, alice)
     r = revoke(server, {"token": token}, auth=basic(bob))
     assert_error(r, 400, "invalid_grant")
@@ -144,11 +150,21 @@ def test_malformed_requests(server: LiveServer, alice: dict[str, Any]) -> None:
     url = server.issuer + "/oauth/revoke"
     r = httpx.post(url, json={"token": token}, auth=basic(alice), timeout=10)
     assert_error(r, 400, "invalid_request")
-    r = httpx.post(url, content=f"token={token}&token={token}".encode(), auth=basic(alice), timeout=10,
-                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        url,
+        content=f"token={token}&token={token}".encode(),
+        auth=basic(alice),
+        timeout=10,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert_error(r, 400, "invalid_request")  # RFC 6749 §3.2: parameters MUST NOT be repeated
-    r = httpx.post(url, content=b"token=" + b"a" * 70_000, auth=basic(alice), timeout=10,
-                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        url,
+        content=b"token=" + b"a" * 70_000,
+        auth=basic(alice),
+        timeout=10,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 413
     assert httpx.get(url, timeout=10).status_code == 405
     assert introspect(server, alice, token)["active"] is True
@@ -164,9 +180,11 @@ def test_private_key_jwt_with_the_revocation_endpoint_as_audience(server: LiveSe
 
     def token() -> str:
         a = client_assertion(key, c["client_id"], server.token_endpoint)
-        r = httpx.post(server.token_endpoint, timeout=10, data={"grant_type": "client_credentials",
-                                                                "client_assertion_type": ASSERTION_TYPE,
-                                                                "client_assertion": a})
+        r = httpx.post(
+            server.token_endpoint,
+            timeout=10,
+            data={"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": a},
+        )
         assert r.status_code == 200, r.text
         return str(r.json()["access_token"])
 
@@ -186,11 +204,17 @@ def test_private_key_jwt_with_the_revocation_endpoint_as_audience(server: LiveSe
 def test_authlib_revokes_a_token(server: LiveServer) -> None:
     key = ec_key()
     c = server.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "al1")]})
-    private = ECKey.import_key(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
+    private = ECKey.import_key(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     md = httpx.get(server.issuer + "/.well-known/oauth-authorization-server", timeout=10).json()
-    with OAuth2Client(c["client_id"], private, token_endpoint_auth_method="private_key_jwt",
-                      revocation_endpoint_auth_method="private_key_jwt", timeout=10) as client:
+    with OAuth2Client(
+        c["client_id"],
+        private,
+        token_endpoint_auth_method="private_key_jwt",
+        revocation_endpoint_auth_method="private_key_jwt",
+        timeout=10,
+    ) as client:
         # No token endpoint given: Authlib signs each assertion for the URL it posts to.
         client.register_client_auth_method(PrivateKeyJWT(alg="ES256", headers={"kid": "al1"}))
         token = client.fetch_token(md["token_endpoint"], grant_type="client_credentials")["access_token"]

@@ -74,11 +74,13 @@ def only(records: list[KeyRecord], alg: str, state: KeyState) -> KeyRecord:
 
 # -- plan_bootstrap ---------------------------------------------------------------------------------------
 
+
 def test_bootstrap_creates_an_active_and_a_next_key_per_alg(kek: KEK) -> None:
     plan = plan_bootstrap([], ALGS, kek, T0)
     assert plan.updates == []
     assert [(k.alg, k.state) for k in plan.inserts] == [
-        (alg, state) for alg in ALGS for state in (KeyState.ACTIVE, KeyState.NEXT)]
+        (alg, state) for alg in ALGS for state in (KeyState.ACTIVE, KeyState.NEXT)
+    ]
     for k in plan.inserts:
         assert k.created_at == T0
         assert k.activated_at == (T0 if k.state is KeyState.ACTIVE else None)
@@ -86,8 +88,7 @@ def test_bootstrap_creates_an_active_and_a_next_key_per_alg(kek: KEK) -> None:
         assert k.kid == jwk_thumbprint(k.public_jwk)
         assert k.sealed_private is not None and b"PRIVATE KEY" not in k.sealed_private
     assert len({k.kid for k in plan.inserts}) == 6
-    assert plan.events == [("key.created", {"kid": k.kid, "alg": k.alg, "state": k.state.value})
-                           for k in plan.inserts]
+    assert plan.events == [("key.created", {"kid": k.kid, "alg": k.alg, "state": k.state.value}) for k in plan.inserts]
 
 
 def test_bootstrap_is_idempotent_and_fills_only_what_is_missing(kek: KEK) -> None:
@@ -106,6 +107,7 @@ def test_bootstrap_is_idempotent_and_fills_only_what_is_missing(kek: KEK) -> Non
 
 
 # -- plan_rotation ----------------------------------------------------------------------------------------
+
 
 def test_removal_time_formula() -> None:
     # retired_at + longest token lifetime + key refresh interval (rounded down) + 1 + leeway
@@ -164,6 +166,7 @@ def test_rotation_of_an_unconfigured_alg_touches_nothing_else(kek: KEK) -> None:
 
 # -- plan_sweep --------------------------------------------------------------------------------------------
 
+
 def test_sweep_removes_expired_retired_keys_and_erases_the_private_half(kek: KEK) -> None:
     records = apply([], plan_bootstrap([], ["ES256"], kek, T0))
     records = apply(records, plan_rotation(records, "ES256", kek, T0 + 100, **ROTATION))
@@ -175,8 +178,9 @@ def test_sweep_removes_expired_retired_keys_and_erases_the_private_half(kek: KEK
 
     plan = plan_sweep(records, retired.remove_after)
     assert plan.inserts == []
-    assert plan.updates == [replace(retired, state=KeyState.REMOVED, removed_at=retired.remove_after,
-                                    sealed_private=None)]
+    assert plan.updates == [
+        replace(retired, state=KeyState.REMOVED, removed_at=retired.remove_after, sealed_private=None)
+    ]
     assert plan.events == [("key.removed", {"kid": retired.kid, "alg": "ES256"})]
 
     after = apply(records, plan)
@@ -186,6 +190,7 @@ def test_sweep_removes_expired_retired_keys_and_erases_the_private_half(kek: KEK
 
 
 # -- KeyRing: what a process signs with and publishes ---------------------------------------------------------
+
 
 def kids(ring: KeyRing) -> list[str]:
     return [k["kid"] for k in ring.jwks["keys"]]
@@ -228,8 +233,11 @@ def test_rotation_past_the_jwks_cap_is_refused_rather_than_dropping_a_live_key(k
     es = [k["kid"] for k in ring.jwks["keys"] if k["alg"] == "ES256"]
     retired = sorted((r for r in records if r.state is KeyState.RETIRED), key=lambda r: -(r.retired_at or 0))
     assert len(es) == MAX_PUBLISHED_KEYS_PER_ALG == 6
-    assert es == [only(records, "ES256", KeyState.ACTIVE).kid, only(records, "ES256", KeyState.NEXT).kid,
-                  *[r.kid for r in retired]], "active, next, then the most recently retired"
+    assert es == [
+        only(records, "ES256", KeyState.ACTIVE).kid,
+        only(records, "ES256", KeyState.NEXT).kid,
+        *[r.kid for r in retired],
+    ], "active, next, then the most recently retired"
     assert [k["alg"] for k in ring.jwks["keys"]].count("EdDSA") == 2, "the cap is per algorithm"
     # Once the oldest retired key's tokens have expired it leaves, and rotation is possible again.
     later = max(r.remove_after or 0 for r in retired[-1:])
@@ -240,8 +248,10 @@ def test_rotation_past_the_jwks_cap_is_refused_rather_than_dropping_a_live_key(k
 def test_keyring_caps_what_it_publishes_even_for_stored_records(kek: KEK) -> None:
     """Records written by other means (older versions, manual repair) are still capped per algorithm."""
     records = apply([], plan_bootstrap([], ["ES256"], kek, T0))
-    extra = [replace(new_key("ES256", KeyState.RETIRED, kek, T0), retired_at=T0 + i, remove_after=T0 + 10_000)
-             for i in range(8)]
+    extra = [
+        replace(new_key("ES256", KeyState.RETIRED, kek, T0), retired_at=T0 + i, remove_after=T0 + 10_000)
+        for i in range(8)
+    ]
     ring = KeyRing.from_records(records + extra, kek, T0 + 10)
     assert len(ring.jwks["keys"]) == MAX_PUBLISHED_KEYS_PER_ALG
 
@@ -256,6 +266,7 @@ def test_keyring_never_publishes_removed_keys(kek: KEK) -> None:
 
 
 # -- the key-encryption key ------------------------------------------------------------------------------------
+
 
 def test_kek_text_is_32_bytes_of_unpadded_base64url() -> None:
     text = KEK.generate_text()
@@ -309,8 +320,10 @@ def test_sealed_key_opens_only_under_its_own_kid_and_kek(kek: KEK) -> None:
 
 # -- every algorithm signs tokens that independent libraries verify --------------------------------------------
 
-@pytest.mark.parametrize(("alg", "kty", "crv"), [("ES256", "EC", "P-256"), ("RS256", "RSA", None),
-                                                 ("EdDSA", "OKP", "Ed25519")])
+
+@pytest.mark.parametrize(
+    ("alg", "kty", "crv"), [("ES256", "EC", "P-256"), ("RS256", "RSA", None), ("EdDSA", "OKP", "Ed25519")]
+)
 def test_each_alg_signs_tokens_verified_by_pyjwt_and_jwcrypto(kek: KEK, alg: str, kty: str, crv: str | None) -> None:
     rec = new_key(alg, KeyState.ACTIVE, kek, T0)
     published = rec.published_jwk()
@@ -324,15 +337,24 @@ def test_each_alg_signs_tokens_verified_by_pyjwt_and_jwcrypto(kek: KEK, alg: str
     ring = KeyRing.from_records([rec], kek, T0)
     signer = ring.signer(alg)
     now = int(time.time())
-    claims = {"iss": "https://as.example", "sub": "c1", "aud": "https://rs.example", "iat": now, "exp": now + 60,
-              "jti": "j1", "client_id": "c1"}
+    claims = {
+        "iss": "https://as.example",
+        "sub": "c1",
+        "aud": "https://rs.example",
+        "iat": now,
+        "exp": now + 60,
+        "jti": "j1",
+        "client_id": "c1",
+    }
     token = sign_compact({"alg": alg, "typ": "at+jwt", "kid": signer.kid}, claims, signer.private)
 
     header = jwt.get_unverified_header(token)
     assert header == {"alg": alg, "typ": "at+jwt", "kid": rec.kid}
     key = jwt.PyJWKSet.from_dict(ring.jwks)[rec.kid]
-    assert jwt.decode(token, key=key, algorithms=[alg], audience="https://rs.example",
-                      issuer="https://as.example") == claims
+    assert (
+        jwt.decode(token, key=key, algorithms=[alg], audience="https://rs.example", issuer="https://as.example")
+        == claims
+    )
 
     keyset = jwcrypto_jwk.JWKSet.from_json(json.dumps(ring.jwks))
     verified = jwcrypto_jwt.JWT(jwt=token, key=keyset, algs=[alg], expected_type="JWS")
@@ -355,6 +377,7 @@ def test_private_key_round_trips_through_the_seal(kek: KEK) -> None:
 
 # -- end to end, against live servers ----------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def live(data_dir: pathlib.Path, **env: str) -> Iterator[LiveServer]:
     srv = LiveServer(data_dir, extra_env=env).start()
@@ -367,8 +390,12 @@ def live(data_dir: pathlib.Path, **env: str) -> Iterator[LiveServer]:
 
 
 def token_for(srv: LiveServer, client: dict[str, Any]) -> str:
-    r = httpx.post(srv.token_endpoint, data={"grant_type": "client_credentials"},
-                   auth=(client["client_id"], client["client_secret"]), timeout=10)
+    r = httpx.post(
+        srv.token_endpoint,
+        data={"grant_type": "client_credentials"},
+        auth=(client["client_id"], client["client_secret"]),
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["access_token"])
 
@@ -386,8 +413,9 @@ def jwks_kids(srv: LiveServer) -> list[str]:
 def verify(srv: LiveServer, token: str) -> dict[str, Any]:
     """A relying party: fetch the JWKS afresh, pick the key by kid, check signature and claims."""
     key = jwt.PyJWKClient(srv.issuer + "/oauth/jwks", cache_jwk_set=False).get_signing_key_from_jwt(token)
-    return dict(jwt.decode(token, key=key, algorithms=["ES256", "RS256", "EdDSA"], audience=srv.issuer,
-                           issuer=srv.issuer))
+    return dict(
+        jwt.decode(token, key=key, algorithms=["ES256", "RS256", "EdDSA"], audience=srv.issuer, issuer=srv.issuer)
+    )
 
 
 def poll(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -482,11 +510,16 @@ def test_rotation_old_tokens_verify_until_their_key_is_removed(tmp_path: pathlib
 
 
 def test_multiple_algorithms_are_published_and_rotate_independently(tmp_path: pathlib.Path) -> None:
-    with live(tmp_path / "data", TESSERA_SIGNING_ALGS="EdDSA,ES256,RS256",
-              TESSERA_KEY_REFRESH_INTERVAL="0.5") as srv:
+    with live(tmp_path / "data", TESSERA_SIGNING_ALGS="EdDSA,ES256,RS256", TESSERA_KEY_REFRESH_INTERVAL="0.5") as srv:
         jwks = httpx.get(srv.issuer + "/oauth/jwks", timeout=10).json()["keys"]
         assert sorted((k["alg"], k["kty"]) for k in jwks) == [
-            ("ES256", "EC"), ("ES256", "EC"), ("EdDSA", "OKP"), ("EdDSA", "OKP"), ("RS256", "RSA"), ("RS256", "RSA")]
+            ("ES256", "EC"),
+            ("ES256", "EC"),
+            ("EdDSA", "OKP"),
+            ("EdDSA", "OKP"),
+            ("RS256", "RSA"),
+            ("RS256", "RSA"),
+        ]
         disco = httpx.get(srv.issuer + "/.well-known/oauth-authorization-server", timeout=10).json()
         assert disco["access_token_signing_alg_values_supported"] == ["EdDSA", "ES256", "RS256"]
 
@@ -502,7 +535,8 @@ def test_multiple_algorithms_are_published_and_rotate_independently(tmp_path: pa
         after = keys_by_state(srv)
         assert [k["alg"] for k in after["retired"]] == ["RS256"]
         assert {k["kid"] for k in after["active"] if k["alg"] != "RS256"} == {
-            k["kid"] for k in before["active"] if k["alg"] != "RS256"}
+            k["kid"] for k in before["active"] if k["alg"] != "RS256"
+        }
 
         # Through the admin API the rotating process reloads at once: no wait for the refresh interval.
         with srv.admin() as admin:

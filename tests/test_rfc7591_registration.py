@@ -19,12 +19,21 @@ import pytest
 
 from support import ASSERTION_TYPE, LiveServer, client_assertion, ec_jwk, ec_key
 
-BASE = {"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic",
-        "scope": "read write"}
+BASE = {
+    "grant_types": ["client_credentials"],
+    "token_endpoint_auth_method": "client_secret_basic",
+    "scope": "read write",
+}
 
 
-def _register(server: LiveServer, body: Any = None, *, token: str | None = "", content: bytes | None = None,
-              headers: dict[str, str] | None = None) -> httpx.Response:
+def _register(
+    server: LiveServer,
+    body: Any = None,
+    *,
+    token: str | None = "",
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     """POST to the registration endpoint; ``token=""`` means the server's initial access token."""
     hdrs = dict(headers or {})
     if token is not None:
@@ -40,14 +49,21 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 def _token(server: LiveServer, client_id: str, secret: str, **form: str) -> httpx.Response:
-    return httpx.post(server.token_endpoint, data={"grant_type": "client_credentials", **form},
-                      auth=(client_id, secret), timeout=10)
+    return httpx.post(
+        server.token_endpoint, data={"grant_type": "client_credentials", **form}, auth=(client_id, secret), timeout=10
+    )
 
 
 def _assertion_token(server: LiveServer, client_id: str, key: Any) -> httpx.Response:
-    return httpx.post(server.token_endpoint, timeout=10, data={
-        "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": client_assertion(key, client_id, server.token_endpoint)})
+    return httpx.post(
+        server.token_endpoint,
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(key, client_id, server.token_endpoint),
+        },
+    )
 
 
 def _assert_error(r: httpx.Response, status: int, error: str) -> None:
@@ -77,8 +93,12 @@ def _audit(server: LiveServer) -> list[dict[str, Any]]:
 
 # -- RFC 7591 §3: the initial access token ---------------------------------------------------------------
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", "Bearer", "Basic dXNlcjpwYXNz"],
-                         ids=["missing", "wrong", "empty", "basic-scheme"])
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token", "Bearer", "Basic dXNlcjpwYXNz"],
+    ids=["missing", "wrong", "empty", "basic-scheme"],
+)
 def test_registration_needs_the_initial_access_token(server: LiveServer, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     r = _register(server, BASE, token=None, headers=headers)
@@ -103,10 +123,16 @@ def test_registration_is_closed_without_an_initial_access_token(tmp_path: pathli
 
 # -- RFC 7591 §3.2.1: the client information response ------------------------------------------------------
 
+
 def test_secret_client_registration_returns_credentials_and_echoes_metadata(server: LiveServer) -> None:
-    metadata = {**BASE, "client_name": "Zürich build agent ☃", "contacts": ["ops@example.com"],
-                "allowed_resources": ["https://api.example.com", "https://files.example.com"],
-                "default_resource": "https://api.example.com", "access_token_lifetime": 600}
+    metadata = {
+        **BASE,
+        "client_name": "Zürich build agent ☃",
+        "contacts": ["ops@example.com"],
+        "allowed_resources": ["https://api.example.com", "https://files.example.com"],
+        "default_resource": "https://api.example.com",
+        "access_token_lifetime": 600,
+    }
     before = time.time()
     r = _register(server, metadata)
     assert r.status_code == 201, r.text
@@ -133,16 +159,24 @@ def test_client_secret_post_registration(server: LiveServer) -> None:
     body = server.register(token_endpoint_auth_method="client_secret_post")
     assert body["token_endpoint_auth_method"] == "client_secret_post"
     assert body["client_secret_expires_at"] == 0
-    r = httpx.post(server.token_endpoint, timeout=10, data={
-        "grant_type": "client_credentials", "client_id": body["client_id"], "client_secret": body["client_secret"]})
+    r = httpx.post(
+        server.token_endpoint,
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": body["client_id"],
+            "client_secret": body["client_secret"],
+        },
+    )
     assert r.status_code == 200, r.text
 
 
 def test_private_key_jwt_registration_issues_no_secret(server: LiveServer) -> None:
     key = ec_key()
     jwks = {"keys": [ec_jwk(key, "k1")]}
-    body = server.register(token_endpoint_auth_method="private_key_jwt", jwks=jwks,
-                           token_endpoint_auth_signing_alg="ES256")
+    body = server.register(
+        token_endpoint_auth_method="private_key_jwt", jwks=jwks, token_endpoint_auth_signing_alg="ES256"
+    )
     assert "client_secret" not in body
     assert "client_secret_expires_at" not in body
     assert body["jwks"] == jwks
@@ -171,22 +205,30 @@ INVALID_METADATA = {
     "unknown-auth-method": {"token_endpoint_auth_method": "tls_client_auth"},
     "none-with-client-credentials": {"token_endpoint_auth_method": "none"},
     "private-key-jwt-without-keys": {"token_endpoint_auth_method": "private_key_jwt"},
-    "jwks-and-jwks-uri": {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [_KEY]},
-                          "jwks_uri": "https://client.example.com/jwks"},
-    "jwks-private-key": {"token_endpoint_auth_method": "private_key_jwt",
-                         "jwks": {"keys": [{**_KEY, "d": "AAAA"}]}},
-    "jwks-duplicate-kid": {"token_endpoint_auth_method": "private_key_jwt",
-                           "jwks": {"keys": [_KEY, ec_jwk(ec_key(), "k1")]}},
+    "jwks-and-jwks-uri": {
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks": {"keys": [_KEY]},
+        "jwks_uri": "https://client.example.com/jwks",
+    },
+    "jwks-private-key": {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [{**_KEY, "d": "AAAA"}]}},
+    "jwks-duplicate-kid": {
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks": {"keys": [_KEY, ec_jwk(ec_key(), "k1")]},
+    },
     "jwks-empty": {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": []}},
-    "jwks-uri-http-not-loopback": {"token_endpoint_auth_method": "private_key_jwt",
-                                   "jwks_uri": "http://client.example.com/jwks"},
+    "jwks-uri-http-not-loopback": {
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks_uri": "http://client.example.com/jwks",
+    },
     "signing-alg-without-private-key-jwt": {"token_endpoint_auth_signing_alg": "ES256"},
     "scope-with-backslash": {"scope": "read wr\\ite"},
     "scope-with-quote": {"scope": 'read "write"'},
     "scope-not-string": {"scope": ["read"]},
     "response-types": {"response_types": ["code"]},
-    "default-resource-not-allowed": {"allowed_resources": ["https://api.example.com"],
-                                     "default_resource": "https://other.example.com"},
+    "default-resource-not-allowed": {
+        "allowed_resources": ["https://api.example.com"],
+        "default_resource": "https://other.example.com",
+    },
     "resource-with-fragment": {"allowed_resources": ["https://api.example.com/#frag"]},
     "resource-relative": {"allowed_resources": ["/api"]},
     "lifetime-too-short": {"access_token_lifetime": 5},
@@ -224,8 +266,7 @@ def test_body_must_be_application_json(server: LiveServer, ctype: str | None) ->
     headers = {"Authorization": f"Bearer {server.reg_token}"}
     if ctype:
         headers["Content-Type"] = ctype
-    r = httpx.post(server.issuer + "/oauth/register", content=json.dumps(BASE).encode(), headers=headers,
-                   timeout=10)
+    r = httpx.post(server.issuer + "/oauth/register", content=json.dumps(BASE).encode(), headers=headers, timeout=10)
     _assert_error(r, 400, "invalid_request")
 
 
@@ -235,15 +276,20 @@ def test_oversize_body_is_refused_with_413(server: LiveServer) -> None:
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming too
         for i in range(0, len(big), 8192):
-            yield big[i:i + 8192]
+            yield big[i : i + 8192]
 
-    r = httpx.post(server.issuer + "/oauth/register", content=chunks(), timeout=10,
-                   headers={"Authorization": f"Bearer {server.reg_token}", "Content-Type": "application/json"})
+    r = httpx.post(
+        server.issuer + "/oauth/register",
+        content=chunks(),
+        timeout=10,
+        headers={"Authorization": f"Bearer {server.reg_token}", "Content-Type": "application/json"},
+    )
     assert "content-length" not in r.request.headers
     _assert_error(r, 413, "invalid_request")
 
 
 # -- RFC 7592 §2.1: read -----------------------------------------------------------------------------------
+
 
 def test_read_returns_the_client_without_secrets(server: LiveServer) -> None:
     reg = server.register(client_name="reader")
@@ -283,18 +329,31 @@ def test_read_with_an_invalid_registration_access_token_is_401(server: LiveServe
 
 # -- RFC 7592 §2.2: update ---------------------------------------------------------------------------------
 
+
 def _put(reg: dict[str, Any], body: Any, token: str | None = None) -> httpx.Response:
-    return httpx.put(reg["registration_client_uri"], json=body, timeout=10,
-                     headers=_bearer(token or reg["registration_access_token"]))
+    return httpx.put(
+        reg["registration_client_uri"],
+        json=body,
+        timeout=10,
+        headers=_bearer(token or reg["registration_access_token"]),
+    )
 
 
 def test_update_replaces_the_metadata(server: LiveServer) -> None:
     reg = server.register(client_name="before", contacts=["a@example.com"])
-    r = _put(reg, {"client_id": reg["client_id"], "grant_types": ["client_credentials"],
-                   "token_endpoint_auth_method": "client_secret_basic", "scope": "read",
-                   # read-only fields a client echoes back are ignored, not refused
-                   "registration_client_uri": reg["registration_client_uri"], "client_secret_expires_at": 0,
-                   "client_secret": reg["client_secret"]})
+    r = _put(
+        reg,
+        {
+            "client_id": reg["client_id"],
+            "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "scope": "read",
+            # read-only fields a client echoes back are ignored, not refused
+            "registration_client_uri": reg["registration_client_uri"],
+            "client_secret_expires_at": 0,
+            "client_secret": reg["client_secret"],
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "no-store"
     body = r.json()
@@ -309,13 +368,17 @@ def test_update_replaces_the_metadata(server: LiveServer) -> None:
     assert got.json()["scope"] == "read" and "client_name" not in got.json()
 
 
-@pytest.mark.parametrize("body", [
-    {**BASE},
-    {**BASE, "client_id": "someone-else"},
-    {**BASE, "client_id": "{cid}", "client_secret": "not-the-secret"},
-    {**BASE, "client_id": "{cid}", "grant_types": ["password"]},
-    ["not", "an", "object"],
-], ids=["no-client-id", "other-client-id", "wrong-secret", "invalid-metadata", "not-an-object"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**BASE},
+        {**BASE, "client_id": "someone-else"},
+        {**BASE, "client_id": "{cid}", "client_secret": "not-the-secret"},
+        {**BASE, "client_id": "{cid}", "grant_types": ["password"]},
+        ["not", "an", "object"],
+    ],
+    ids=["no-client-id", "other-client-id", "wrong-secret", "invalid-metadata", "not-an-object"],
+)
 def test_invalid_update_is_refused_and_changes_nothing(server: LiveServer, body: Any) -> None:
     reg = server.register(client_name="unchanged")
     if isinstance(body, dict) and body.get("client_id") == "{cid}":
@@ -347,8 +410,15 @@ def test_switching_to_a_secret_method_issues_a_secret_and_back_drops_it(server: 
     assert _token(server, reg["client_id"], secret).status_code == 200
     _assert_error(_assertion_token(server, reg["client_id"], key), 401, "invalid_client")
 
-    r = _put(reg, {**BASE, "client_id": reg["client_id"], "token_endpoint_auth_method": "private_key_jwt",
-                   "jwks": {"keys": [ec_jwk(key, "k1")]}})
+    r = _put(
+        reg,
+        {
+            **BASE,
+            "client_id": reg["client_id"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [ec_jwk(key, "k1")]},
+        },
+    )
     assert r.status_code == 200, r.text
     assert "client_secret" not in r.json()
     _assert_error(_token(server, reg["client_id"], secret), 401, "invalid_client")
@@ -356,6 +426,7 @@ def test_switching_to_a_secret_method_issues_a_secret_and_back_drops_it(server: 
 
 
 # -- RFC 7592 §2.3: delete ---------------------------------------------------------------------------------
+
 
 def test_delete_removes_the_client(server: LiveServer) -> None:
     reg = server.register()
@@ -375,6 +446,7 @@ def test_delete_removes_the_client(server: LiveServer) -> None:
 
 
 # -- audit -------------------------------------------------------------------------------------------------
+
 
 def test_registration_update_and_delete_are_audited_without_secrets(server: LiveServer) -> None:
     key = ec_key()
@@ -396,8 +468,13 @@ def test_registration_update_and_delete_are_audited_without_secrets(server: Live
     assert deleted["data"]["via"] == "rfc7592"
 
     everything = json.dumps(records)
-    for needle in (secret, rat, hashlib.sha256(secret.encode()).hexdigest(), hashlib.sha256(rat.encode()).hexdigest(),
-                   server.reg_token):
+    for needle in (
+        secret,
+        rat,
+        hashlib.sha256(secret.encode()).hexdigest(),
+        hashlib.sha256(rat.encode()).hexdigest(),
+        server.reg_token,
+    ):
         assert needle not in everything
     with server.admin() as admin:
         assert admin.get("/audit/verify").json()["ok"] is True
@@ -405,16 +482,20 @@ def test_registration_update_and_delete_are_audited_without_secrets(server: Live
 
 # -- RFC 7592 self-management may narrow, never widen -----------------------------------------------------
 
+
 def test_self_update_cannot_widen_scope_audience_or_lifetime(server: LiveServer) -> None:
     reg = server.register(scope="read", allowed_resources=["https://api.example"], access_token_lifetime=300)
     rat = {"Authorization": f"Bearer {reg['registration_access_token']}"}
-    base = {"client_id": reg["client_id"], "token_endpoint_auth_method": "client_secret_basic",
-            "grant_types": ["client_credentials"]}
+    base = {
+        "client_id": reg["client_id"],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["client_credentials"],
+    }
     current = {**base, "scope": "read", "allowed_resources": ["https://api.example"], "access_token_lifetime": 300}
     widenings = [
-        {"scope": "read admin"},                                   # more scope
-        {"allowed_resources": ["https://payments.internal"]},      # another audience
-        {"access_token_lifetime": 900},                            # longer tokens
+        {"scope": "read admin"},  # more scope
+        {"allowed_resources": ["https://payments.internal"]},  # another audience
+        {"access_token_lifetime": 900},  # longer tokens
     ]
     dropped_cap = {k: v for k, v in current.items() if k != "access_token_lifetime"}  # no cap = server maximum
     for body in [*({**current, **w} for w in widenings), dropped_cap]:
@@ -424,8 +505,12 @@ def test_self_update_cannot_widen_scope_audience_or_lifetime(server: LiveServer)
     t = _token(server, reg["client_id"], reg["client_secret"])
     assert t.status_code == 200 and t.json()["scope"] == "read" and t.json()["expires_in"] == 300
     # Narrowing is allowed.
-    r = httpx.put(reg["registration_client_uri"], json={**base, "scope": "read", "access_token_lifetime": 60},
-                  headers=rat, timeout=10)
+    r = httpx.put(
+        reg["registration_client_uri"],
+        json={**base, "scope": "read", "access_token_lifetime": 60},
+        headers=rat,
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     assert _token(server, reg["client_id"], reg["client_secret"]).json()["expires_in"] == 60
 
@@ -435,10 +520,17 @@ def test_replaced_client_key_stops_working_at_once(server: LiveServer) -> None:
     old, new = ec_key(), ec_key()
     reg = server.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(old, "k1")]})
     assert _assertion_token(server, reg["client_id"], old).status_code == 200
-    r = httpx.put(reg["registration_client_uri"], timeout=10,
-                  headers={"Authorization": f"Bearer {reg['registration_access_token']}"},
-                  json={"client_id": reg["client_id"], "token_endpoint_auth_method": "private_key_jwt",
-                        "scope": "read write", "jwks": {"keys": [ec_jwk(new, "k1")]}})
+    r = httpx.put(
+        reg["registration_client_uri"],
+        timeout=10,
+        headers={"Authorization": f"Bearer {reg['registration_access_token']}"},
+        json={
+            "client_id": reg["client_id"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "scope": "read write",
+            "jwks": {"keys": [ec_jwk(new, "k1")]},
+        },
+    )
     assert r.status_code == 200, r.text
     assert _assertion_token(server, reg["client_id"], new).status_code == 200
     refused = _assertion_token(server, reg["client_id"], old)

@@ -66,7 +66,10 @@ def test_discovery_names_the_introspection_endpoint(server: LiveServer) -> None:
     md = httpx.get(server.issuer + "/.well-known/oauth-authorization-server", timeout=10).json()
     assert md["introspection_endpoint"] == server.issuer + "/oauth/introspect"
     assert set(md["introspection_endpoint_auth_methods_supported"]) == {
-        "private_key_jwt", "client_secret_basic", "client_secret_post"}
+        "private_key_jwt",
+        "client_secret_basic",
+        "client_secret_post",
+    }
     assert "ES256" in md["introspection_endpoint_auth_signing_alg_values_supported"]
 
 
@@ -79,22 +82,31 @@ def test_an_active_token(server: LiveServer, owner: dict[str, Any]) -> None:
     body = r.json()
     assert body == expected(token)
     assert (body["scope"], body["aud"], body["sub"], body["client_id"]) == (
-        "orders:read", API, owner["client_id"], owner["client_id"])
+        "orders:read",
+        API,
+        owner["client_id"],
+        owner["client_id"],
+    )
     assert body["iss"] == server.issuer
     assert body["exp"] > body["iat"]
 
 
 def test_several_audiences_are_a_list(server: LiveServer, owner: dict[str, Any]) -> None:
-    r = httpx.post(server.token_endpoint, data={"grant_type": "client_credentials", "resource": [API, API2]},
-                   auth=basic(owner), timeout=10)
+    r = httpx.post(
+        server.token_endpoint,
+        data={"grant_type": "client_credentials", "resource": [API, API2]},
+        auth=basic(owner),
+        timeout=10,
+    )
     token = r.json()["access_token"]
     body = introspect(server, owner, token)
     assert body == expected(token)
     assert body["aud"] == [API, API2]
 
 
-def test_a_resource_server_introspects_a_token_of_another_client(server: LiveServer, owner: dict[str, Any],
-                                                                 resource_server: dict[str, Any]) -> None:
+def test_a_resource_server_introspects_a_token_of_another_client(
+    server: LiveServer, owner: dict[str, Any], resource_server: dict[str, Any]
+) -> None:
     token = issue(server, owner)
     assert introspect(server, resource_server, token) == expected(token)
 
@@ -106,8 +118,9 @@ def test_token_type_hint_is_ignored(server: LiveServer, owner: dict[str, Any]) -
         assert r.json() == expected(token), hint
 
 
-def test_a_revoked_token_is_inactive_and_says_nothing_more(server: LiveServer, owner: dict[str, Any],
-                                                           resource_server: dict[str, Any]) -> None:
+def test_a_revoked_token_is_inactive_and_says_nothing_more(
+    server: LiveServer, owner: dict[str, Any], resource_server: dict[str, Any]
+) -> None:
     token = issue(server, owner)
     r = httpx.post(server.issuer + "/oauth/revoke", data={"token": token}, auth=basic(owner), timeout=10)
     assert r.status_code == 200
@@ -124,8 +137,11 @@ def test_invalid_and_foreign_tokens_are_inactive(server: LiveServer, owner: dict
     jwks = httpx.get(server.issuer + "/oauth/jwks", timeout=10).json()
     kid = jwks["keys"][0]["kid"]
     forged = sign_es256({"alg": "ES256", "typ": "at+jwt", "kid": kid}, payload(real), ec_key())
-    foreign = sign_es256({"alg": "ES256", "typ": "at+jwt", "kid": "elsewhere"},
-                         {**payload(real), "iss": "https://other.example"}, ec_key())
+    foreign = sign_es256(
+        {"alg": "ES256", "typ": "at+jwt", "kid": "elsewhere"},
+        {**payload(real), "iss": "https://other.example"},
+        ec_key(),
+    )
     head, body, sig = real.split(".")
     tampered = ".".join([head, body[:-4] + ("AAAA" if body[-4:] != "AAAA" else "BBBB"), sig])
     for value in ("garbage", "a.b.c", forged, foreign, tampered, real + "x", "x" * 9000):
@@ -149,8 +165,13 @@ def test_malformed_requests(server: LiveServer, owner: dict[str, Any]) -> None:
     token = issue(server, owner)
     url = server.issuer + "/oauth/introspect"
     assert_error(httpx.post(url, json={"token": token}, auth=basic(owner), timeout=10), 400, "invalid_request")
-    r = httpx.post(url, content=f"token={token}&token={token}".encode(), auth=basic(owner), timeout=10,
-                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        url,
+        content=f"token={token}&token={token}".encode(),
+        auth=basic(owner),
+        timeout=10,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert_error(r, 400, "invalid_request")
     assert httpx.get(url, params={"token": token}, timeout=10).status_code == 405
 
@@ -171,12 +192,18 @@ def test_private_key_jwt_caller_with_the_endpoint_as_audience(server: LiveServer
 def test_authlib_introspects_a_token(server: LiveServer, owner: dict[str, Any]) -> None:
     key = ec_key()
     rs = server.register(token_endpoint_auth_method="private_key_jwt", jwks={"keys": [ec_jwk(key, "al2")]})
-    private = ECKey.import_key(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
+    private = ECKey.import_key(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     token = issue(server, owner)
     md = httpx.get(server.issuer + "/.well-known/oauth-authorization-server", timeout=10).json()
-    with OAuth2Client(rs["client_id"], private, token_endpoint_auth_method="private_key_jwt",
-                      revocation_endpoint_auth_method="private_key_jwt", timeout=10) as client:
+    with OAuth2Client(
+        rs["client_id"],
+        private,
+        token_endpoint_auth_method="private_key_jwt",
+        revocation_endpoint_auth_method="private_key_jwt",
+        timeout=10,
+    ) as client:
         client.register_client_auth_method(PrivateKeyJWT(alg="ES256", headers={"kid": "al2"}))
         r = client.introspect_token(md["introspection_endpoint"], token=token)
     assert r.status_code == 200, r.text
@@ -185,12 +212,21 @@ def test_authlib_introspects_a_token(server: LiveServer, owner: dict[str, Any]) 
 
 def test_an_expired_token_is_inactive(tmp_path: pathlib.Path) -> None:
     clock = FrozenClock(time.time())
-    settings = load_settings(env={"TESSERA_DATA_DIR": str(tmp_path / "data"), "TESSERA_ISSUER": "http://127.0.0.1:9",
-                                  "TESSERA_REGISTRATION_TOKEN": "r" * 32, "TESSERA_LOG_LEVEL": "warning"})
+    settings = load_settings(
+        env={
+            "TESSERA_DATA_DIR": str(tmp_path / "data"),
+            "TESSERA_ISSUER": "http://127.0.0.1:9",
+            "TESSERA_REGISTRATION_TOKEN": "r" * 32,
+            "TESSERA_LOG_LEVEL": "warning",
+        }
+    )
     app = build_app(open_runtime(settings, clock=clock))
     with TestClient(app, base_url=settings.issuer) as tc:
-        r = tc.post("/oauth/register", headers={"Authorization": "Bearer " + "r" * 32},
-                    json={"grant_types": ["client_credentials"], "access_token_lifetime": 300})
+        r = tc.post(
+            "/oauth/register",
+            headers={"Authorization": "Bearer " + "r" * 32},
+            json={"grant_types": ["client_credentials"], "access_token_lifetime": 300},
+        )
         assert r.status_code == 201, r.text
         auth = (r.json()["client_id"], r.json()["client_secret"])
         r = tc.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=auth)

@@ -21,6 +21,7 @@ def settings_error(env: dict[str, str], **overrides: object) -> str:
 
 # -- defaults ----------------------------------------------------------------------------------------
 
+
 def test_defaults_from_an_empty_environment() -> None:
     s = load_settings({})
     assert s.host == "127.0.0.1"
@@ -64,8 +65,9 @@ def test_database_url_defaults_to_sqlite_under_the_data_dir(tmp_path: pathlib.Pa
     assert s.database_url == f"sqlite:///{tmp_path / 'd' / 'tessera.db'}"
 
 
-def test_relative_data_dir_gives_an_absolute_database_path(tmp_path: pathlib.Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_data_dir_gives_an_absolute_database_path(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     s = load_settings({"TESSERA_DATA_DIR": "rel"})
     assert s.database_url == f"sqlite:///{tmp_path / 'rel' / 'tessera.db'}"
@@ -74,55 +76,76 @@ def test_relative_data_dir_gives_an_absolute_database_path(tmp_path: pathlib.Pat
 def test_database_url_schemes() -> None:
     assert load_settings({"TESSERA_DATABASE_URL": "postgresql://u@h/db"}).database_url == "postgresql://u@h/db"
     assert load_settings({"TESSERA_DATABASE_URL": "postgresql+psycopg://u@h/db"}).database_url.startswith(
-        "postgresql+psycopg://")
+        "postgresql+psycopg://"
+    )
     msg = settings_error({"TESSERA_DATABASE_URL": "mysql://u@h/db"})
     assert "database_url (TESSERA_DATABASE_URL): must start with sqlite:/// or postgresql://" in msg
 
 
 # -- issuer (RFC 8414 §2) -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("issuer", [
-    "https://auth.example.com",
-    "https://auth.example.com:8443",
-    "https://auth.example.com/tenant-a",
-    "http://127.0.0.1:8080",
-    "http://localhost:8080",
-    "http://[::1]:8080",
-    "http://api.localhost",
-])
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://auth.example.com",
+        "https://auth.example.com:8443",
+        "https://auth.example.com/tenant-a",
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+        "http://[::1]:8080",
+        "http://api.localhost",
+    ],
+)
 def test_issuer_accepted(issuer: str) -> None:
     assert load_settings({"TESSERA_ISSUER": issuer}).issuer == issuer
 
 
-@pytest.mark.parametrize(("issuer", "reason"), [
-    ("http://auth.example.com", "issuer must use https; http:// is allowed only for loopback hosts"),
-    ("http://10.0.0.1:8080", "issuer must use https; http:// is allowed only for loopback hosts"),
-    ("http://localhost.example.com", "issuer must use https; http:// is allowed only for loopback hosts"),
-    ("https://auth.example.com/", "issuer must not end with '/'"),
-    ("https://auth.example.com/tenant/", "issuer must not end with '/'"),
-    ("https://auth.example.com?tenant=a", "issuer must not have a query or fragment"),
-    ("https://auth.example.com/?", "issuer must not have a query or fragment"),
-    ("https://auth.example.com#frag", "issuer must not have a query or fragment"),
-    ("ftp://auth.example.com", "issuer must be an absolute https URL"),
-    ("auth.example.com", "issuer must be an absolute https URL"),
-    ("https://", "issuer must be an absolute https URL"),
-])
+@pytest.mark.parametrize(
+    ("issuer", "reason"),
+    [
+        ("http://auth.example.com", "issuer must use https; http:// is allowed only for loopback hosts"),
+        ("http://10.0.0.1:8080", "issuer must use https; http:// is allowed only for loopback hosts"),
+        ("http://localhost.example.com", "issuer must use https; http:// is allowed only for loopback hosts"),
+        ("https://auth.example.com/", "issuer must not end with '/'"),
+        ("https://auth.example.com/tenant/", "issuer must not end with '/'"),
+        ("https://auth.example.com?tenant=a", "issuer must not have a query or fragment"),
+        ("https://auth.example.com/?", "issuer must not have a query or fragment"),
+        ("https://auth.example.com#frag", "issuer must not have a query or fragment"),
+        ("ftp://auth.example.com", "issuer must be an absolute https URL"),
+        ("auth.example.com", "issuer must be an absolute https URL"),
+        ("https://", "issuer must be an absolute https URL"),
+    ],
+)
 def test_issuer_refused(issuer: str, reason: str) -> None:
     msg = settings_error({"TESSERA_ISSUER": issuer})
     assert msg.startswith("invalid configuration:")
     assert reason in msg
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
-    ("a.localhost", True), ("0.0.0.0", False), ("10.0.0.1", False), ("localhost.example", False),
-    ("example.com", False), ("", False), (None, False),
-])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("a.localhost", True),
+        ("0.0.0.0", False),
+        ("10.0.0.1", False),
+        ("localhost.example", False),
+        ("example.com", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_is_loopback_host(host: str | None, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
 
 
 # -- the TOML file and precedence ----------------------------------------------------------------------
+
 
 def write_config(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
     path = tmp_path / "tessera.toml"
@@ -131,7 +154,9 @@ def write_config(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
 
 
 def test_config_file_values(tmp_path: pathlib.Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
 issuer = "https://auth.example.com"
 port = 9000
 signing_algs = ["RS256", "ES256"]
@@ -142,7 +167,8 @@ log_level = "WARNING"
 [[clients]]
 client_id = "ci"
 token_endpoint_auth_method = "private_key_jwt"
-""")
+""",
+    )
     s = load_settings({"TESSERA_CONFIG": str(path)})
     assert s.config == path
     assert s.issuer == "https://auth.example.com"
@@ -192,41 +218,54 @@ def test_config_file_that_is_not_toml(tmp_path: pathlib.Path) -> None:
 
 # -- typed values ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("port", ["abc", "8080.5", "-1", "65536", ""])
 def test_invalid_port_names_the_variable(port: str) -> None:
     msg = settings_error({"TESSERA_PORT": port})
     assert "port (TESSERA_PORT)" in msg
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("TESSERA_WORKERS", "0"),
-    ("TESSERA_ACCESS_TOKEN_LIFETIME", "9"),
-    ("TESSERA_ACCESS_TOKEN_LIFETIME", "86401"),
-    ("TESSERA_ASSERTION_MAX_LIFETIME", "3601"),
-    ("TESSERA_LEEWAY", "-1"),
-    ("TESSERA_KEY_REFRESH_INTERVAL", "0"),
-    ("TESSERA_MAX_BODY_BYTES", "100"),
-    ("TESSERA_LOG_LEVEL", "verbose"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TESSERA_WORKERS", "0"),
+        ("TESSERA_ACCESS_TOKEN_LIFETIME", "9"),
+        ("TESSERA_ACCESS_TOKEN_LIFETIME", "86401"),
+        ("TESSERA_ASSERTION_MAX_LIFETIME", "3601"),
+        ("TESSERA_LEEWAY", "-1"),
+        ("TESSERA_KEY_REFRESH_INTERVAL", "0"),
+        ("TESSERA_MAX_BODY_BYTES", "100"),
+        ("TESSERA_LOG_LEVEL", "verbose"),
+    ],
+)
 def test_out_of_range_values_name_the_variable(name: str, value: str) -> None:
     msg = settings_error({name: value})
     assert f"({name})" in msg
 
 
 def test_numbers_from_the_environment_are_parsed() -> None:
-    s = load_settings({"TESSERA_KEY_REFRESH_INTERVAL": "0.5", "TESSERA_ACCESS_TOKEN_LIFETIME": "10",
-                       "TESSERA_LEEWAY": "0", "TESSERA_JWKS_MAX_AGE": "60"})
+    s = load_settings(
+        {
+            "TESSERA_KEY_REFRESH_INTERVAL": "0.5",
+            "TESSERA_ACCESS_TOKEN_LIFETIME": "10",
+            "TESSERA_LEEWAY": "0",
+            "TESSERA_JWKS_MAX_AGE": "60",
+        }
+    )
     assert (s.key_refresh_interval, s.access_token_lifetime, s.leeway, s.jwks_max_age) == (0.5, 10, 0, 60)
 
 
-@pytest.mark.parametrize(("raw", "algs"), [
-    ("ES256", ["ES256"]),
-    ("ES256,RS256,EdDSA", ["ES256", "RS256", "EdDSA"]),
-    (" RS256 , ES256 ", ["RS256", "ES256"]),
-    ("EdDSA,", ["EdDSA"]),
-    ('["RS256", "EdDSA"]', ["RS256", "EdDSA"]),
-    (' ["ES256"] ', ["ES256"]),
-])
+@pytest.mark.parametrize(
+    ("raw", "algs"),
+    [
+        ("ES256", ["ES256"]),
+        ("ES256,RS256,EdDSA", ["ES256", "RS256", "EdDSA"]),
+        (" RS256 , ES256 ", ["RS256", "ES256"]),
+        ("EdDSA,", ["EdDSA"]),
+        ('["RS256", "EdDSA"]', ["RS256", "EdDSA"]),
+        (' ["ES256"] ', ["ES256"]),
+    ],
+)
 def test_signing_algs_parsing(raw: str, algs: list[str]) -> None:
     assert load_settings({"TESSERA_SIGNING_ALGS": raw}).signing_algs == algs
 
@@ -257,10 +296,14 @@ def test_settings_are_immutable() -> None:
 
 # -- secrets -----------------------------------------------------------------------------------------------
 
+
 def test_masked_hides_secrets_and_the_database_password() -> None:
-    env = {"TESSERA_KEK": "kek-value-0123456789", "TESSERA_ADMIN_TOKEN": "admin-value-0123456789",
-           "TESSERA_REGISTRATION_TOKEN": "reg-value-0123456789",
-           "TESSERA_DATABASE_URL": "postgresql://tessera:db-pass-0123456789@db.example:5432/tessera"}
+    env = {
+        "TESSERA_KEK": "kek-value-0123456789",
+        "TESSERA_ADMIN_TOKEN": "admin-value-0123456789",
+        "TESSERA_REGISTRATION_TOKEN": "reg-value-0123456789",
+        "TESSERA_DATABASE_URL": "postgresql://tessera:db-pass-0123456789@db.example:5432/tessera",
+    }
     s = load_settings(env)
     assert s.kek == "kek-value-0123456789"
     out = s.masked()

@@ -69,6 +69,7 @@ def client(server: LiveServer) -> dict[str, Any]:
 
 # -- the status claim ---------------------------------------------------------------------------------------
 
+
 def test_tokens_carry_random_distinct_status_entries(server: LiveServer, client: dict[str, Any]) -> None:
     tokens = [issue(server, client) for _ in range(30)]
     entries = [entry(t) for t in tokens]
@@ -88,8 +89,9 @@ def test_tokens_carry_random_distinct_status_entries(server: LiveServer, client:
 
 def test_status_list_settings(tmp_path: pathlib.Path) -> None:
     # Only tokens living at least TESSERA_STATUS_LIST_MIN_LIFETIME seconds get an entry.
-    srv = LiveServer(tmp_path / "a", extra_env={"TESSERA_STATUS_LIST_MIN_LIFETIME": "600",
-                                                "TESSERA_STATUS_LIST_TTL": "30"}).start()
+    srv = LiveServer(
+        tmp_path / "a", extra_env={"TESSERA_STATUS_LIST_MIN_LIFETIME": "600", "TESSERA_STATUS_LIST_TTL": "30"}
+    ).start()
     try:
         short = srv.register(access_token_lifetime=599)
         long = srv.register(access_token_lifetime=600)
@@ -113,6 +115,7 @@ def test_status_list_settings(tmp_path: pathlib.Path) -> None:
 
 # -- the status list token ----------------------------------------------------------------------------------
 
+
 def test_status_list_token_fields_headers_and_signature(server: LiveServer, client: dict[str, Any]) -> None:
     token = issue(server, client)
     uri, idx = entry(token)
@@ -131,8 +134,11 @@ def test_status_list_token_fields_headers_and_signature(server: LiveServer, clie
     assert before - 2 <= claims["iat"] <= after + 2
     assert claims["exp"] == claims["iat"] + 600
     assert claims["ttl"] == 60
-    assert claims["status_list"] == {"bits": 2, "lst": claims["status_list"]["lst"],
-                                     "aggregation_uri": server.issuer + "/oauth/status"}
+    assert claims["status_list"] == {
+        "bits": 2,
+        "lst": claims["status_list"]["lst"],
+        "aggregation_uri": server.issuer + "/oauth/status",
+    }
     assert list_size(r.text) == 131072
     assert status_at(claims["status_list"]["lst"], 2, idx) == 0
 
@@ -150,8 +156,14 @@ def test_gzip_content_encoding_is_offered(server: LiveServer, client: dict[str, 
 
 def test_unknown_lists_and_unsupported_requests(server: LiveServer, client: dict[str, Any]) -> None:
     uri, _ = entry(issue(server, client))
-    for path in ("/oauth/status/999999", "/oauth/status/abc", "/oauth/status/-1", "/oauth/status/1.5",
-                 "/oauth/status/0", "/oauth/status/99999999999999999999"):
+    for path in (
+        "/oauth/status/999999",
+        "/oauth/status/abc",
+        "/oauth/status/-1",
+        "/oauth/status/1.5",
+        "/oauth/status/0",
+        "/oauth/status/99999999999999999999",
+    ):
         r = httpx.get(server.issuer + path, timeout=10)
         assert r.status_code == 404, path
         assert r.json()["error"] == "not_found"
@@ -176,6 +188,7 @@ def test_aggregation_endpoint(server: LiveServer, client: dict[str, Any]) -> Non
 
 
 # -- revocation shows in the list ---------------------------------------------------------------------------
+
 
 def test_rfc7009_revocation_shows_on_the_next_fetch(server: LiveServer, client: dict[str, Any]) -> None:
     token, neighbour = issue(server, client), issue(server, client)
@@ -205,8 +218,17 @@ def test_admin_revocation_by_jti_client_subject_and_token(server: LiveServer) ->
         assert admin.post("/tokens/revoke", json={"sub": a["client_id"]}).json() == {"revoked": 1}
         assert status_of(t3) == 1
         assert admin.post("/tokens/revoke", json={"client_id": "nobody"}).json() == {"revoked": 0}
-        for body in ({}, {"jti": "x", "sub": "y"}, {"kid": "k"}, {"jti": ""}, {"jti": 5}, {"token": "garbage"},
-                     [], "jti", {"jti": "x" * 257}):
+        for body in (
+            {},
+            {"jti": "x", "sub": "y"},
+            {"kid": "k"},
+            {"jti": ""},
+            {"jti": 5},
+            {"token": "garbage"},
+            [],
+            "jti",
+            {"jti": "x" * 257},
+        ):
             r = admin.post("/tokens/revoke", json=body)
             assert r.status_code == 400, body
             assert r.json()["error"] == "invalid_request"
@@ -257,8 +279,11 @@ def test_deleting_a_client_revokes_its_tokens(server: LiveServer) -> None:
     # … RFC 7592 …
     gone2 = server.register()
     tokens2 = [issue(server, gone2) for _ in range(2)]
-    r = httpx.delete(gone2["registration_client_uri"], timeout=10,
-                     headers={"Authorization": "Bearer " + gone2["registration_access_token"]})
+    r = httpx.delete(
+        gone2["registration_client_uri"],
+        timeout=10,
+        headers={"Authorization": "Bearer " + gone2["registration_access_token"]},
+    )
     assert r.status_code == 204
     assert [status_of(t) for t in tokens2] == [1, 1]
     # … and the CLI (another process: the list shows it within the one-second cache).
@@ -277,6 +302,7 @@ def test_deleting_a_client_revokes_its_tokens(server: LiveServer) -> None:
 
 # -- key revocation ------------------------------------------------------------------------------------------
 
+
 def test_revoking_the_active_key(fresh_server: LiveServer) -> None:
     srv = fresh_server
     c = srv.register()
@@ -290,8 +316,7 @@ def test_revoking_the_active_key(fresh_server: LiveServer) -> None:
         body = r.json()
         assert body["revoked"] == 1
         assert [e["event"] for e in body["events"]] == ["key.revoked", "key.activated", "key.created"]
-        assert body["events"][0] == {"event": "key.revoked", "kid": old_kid, "alg": "ES256",
-                                     "previous_state": "active"}
+        assert body["events"][0] == {"event": "key.revoked", "kid": old_kid, "alg": "ES256", "previous_state": "active"}
         assert body["events"][1]["kid"] == next_kid  # the pre-published next key, promoted first
         states = {k["kid"]: k["state"] for k in admin.get("/keys").json()}
         assert states[old_kid] == "removed" and states[next_kid] == "active"
@@ -328,10 +353,13 @@ def test_revoking_the_active_key(fresh_server: LiveServer) -> None:
 
 # -- trust bundles -------------------------------------------------------------------------------------------
 
+
 def test_bundle_export_round_trip(server: LiveServer, client: dict[str, Any], tmp_path: pathlib.Path) -> None:
     revoked, valid = issue(server, client), issue(server, client)
-    assert httpx.post(server.issuer + "/oauth/revoke", data={"token": revoked}, auth=basic(client),
-                      timeout=10).status_code == 200
+    assert (
+        httpx.post(server.issuer + "/oauth/revoke", data={"token": revoked}, auth=basic(client), timeout=10).status_code
+        == 200
+    )
     out = tmp_path / "bundle.jwt"
     r = server.cli("bundle", "export", "-o", str(out), "--lifetime", "3600")
     assert r.returncode == 0, r.stderr
@@ -364,6 +392,7 @@ def test_bundle_export_round_trip(server: LiveServer, client: dict[str, Any], tm
 
 # -- several processes ------------------------------------------------------------------------------------
 
+
 def _issue_many(server: LiveServer, client: dict[str, Any], n: int) -> list[str]:
     local = threading.local()
 
@@ -389,8 +418,15 @@ def pg_pair(tmp_path: pathlib.Path, postgres: Postgres) -> Iterator[tuple[LiveSe
     db_url = postgres.create_database()
     env = {"TESSERA_DATABASE_URL": db_url, "TESSERA_KEK": KEK.generate_text(), "TESSERA_STATUS_LIST_SIZE": "3072"}
     a = LiveServer(tmp_path / "a", extra_env=env)
-    b = LiveServer(tmp_path / "b", extra_env={**env, "TESSERA_ISSUER": a.issuer, "TESSERA_ADMIN_TOKEN": a.admin_token,
-                                              "TESSERA_REGISTRATION_TOKEN": a.reg_token})
+    b = LiveServer(
+        tmp_path / "b",
+        extra_env={
+            **env,
+            "TESSERA_ISSUER": a.issuer,
+            "TESSERA_ADMIN_TOKEN": a.admin_token,
+            "TESSERA_REGISTRATION_TOKEN": a.reg_token,
+        },
+    )
     b.admin_token, b.reg_token = a.admin_token, a.reg_token
     a.start()
     b.start()
@@ -417,8 +453,9 @@ def test_two_processes_on_postgresql_never_share_an_entry(pg_pair: tuple[LiveSer
     with psycopg.connect(a.env["TESSERA_DATABASE_URL"]) as conn:
         rows = conn.execute("SELECT status_list, status_idx FROM issued_tokens").fetchall()
         segments = conn.execute("SELECT list_id, segment, claimed_by FROM status_segments").fetchall()
-        lists = conn.execute("SELECT list_id, size, segment_size, segments_claimed FROM status_lists "
-                             "ORDER BY list_id").fetchall()
+        lists = conn.execute(
+            "SELECT list_id, size, segment_size, segments_claimed FROM status_lists ORDER BY list_id"
+        ).fetchall()
     assert {(f"{a.issuer}/oauth/status/{lst}", idx) for lst, idx in rows} == entries
     assert len(segments) == len({(lst, seg) for lst, seg, _ in segments}) >= 3
     assert len({who for _, _, who in segments}) == 2  # both processes claimed segments

@@ -77,8 +77,19 @@ def test_bits_other_than_1_2_4_8_are_refused(bits: Any) -> None:
         encode({}, bits=bits, size=8)
 
 
-@pytest.mark.parametrize("lst", ["eNrbuRgAAhcBXQ==", "eNrbuRgAAhcBXQ=", "eNrb+RgAAhcBXQ", "eNrb/RgAAhcBXQ",
-                                 "eNrb uRgAAhcBXQ", "eNrbuRgAAhcBX", "", "!!!!"])
+@pytest.mark.parametrize(
+    "lst",
+    [
+        "eNrbuRgAAhcBXQ==",
+        "eNrbuRgAAhcBXQ=",
+        "eNrb+RgAAhcBXQ",
+        "eNrb/RgAAhcBXQ",
+        "eNrb uRgAAhcBXQ",
+        "eNrbuRgAAhcBX",
+        "",
+        "!!!!",
+    ],
+)
 def test_lst_must_be_base64url_without_padding_of_a_zlib_stream(lst: str) -> None:
     with pytest.raises(StatusListError):
         decode(lst, 1)

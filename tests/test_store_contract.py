@@ -38,6 +38,7 @@ T0 = 1_800_000_000
 
 def run(coro: Awaitable[T]) -> T:
     """pytest runs no event loop of its own here: each test drives its coroutines with asyncio.run."""
+
     async def main() -> T:
         return await coro
 
@@ -72,6 +73,7 @@ def kek() -> KEK:
 
 # -- helpers: reading what is stored -------------------------------------------------------------------
 
+
 def audit_trail(store: SqlStore) -> list[tuple[int, str, str | None]]:
     return store.read(lambda c: [(r.seq, r.event, r.subject) for r in repo.iter_audit(c)])
 
@@ -89,15 +91,35 @@ def assert_chain_ok(store: SqlStore, records: int) -> None:
 
 
 def client(cid: str, scope: str = "read", **extra: Any) -> Client:
-    md = {"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic",
-          "scope": scope, **extra}
-    return Client(client_id=cid, metadata=md, secret_hash="ab" * 32, source="registration", created_at=T0,
-                  updated_at=T0, registration_token_hash="cd" * 32)
+    md = {
+        "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "scope": scope,
+        **extra,
+    }
+    return Client(
+        client_id=cid,
+        metadata=md,
+        secret_hash="ab" * 32,
+        source="registration",
+        created_at=T0,
+        updated_at=T0,
+        registration_token_hash="cd" * 32,
+    )
 
 
 def token(jti: str, cid: str = "c1") -> IssuedToken:
-    return IssuedToken(jti=jti, client_id=cid, sub=cid, aud=["https://rs.example", "https://rs2.example"],
-                       scope="read write", kid="kid-1", grant_type="client_credentials", iat=T0, exp=T0 + 900)
+    return IssuedToken(
+        jti=jti,
+        client_id=cid,
+        sub=cid,
+        aud=["https://rs.example", "https://rs2.example"],
+        scope="read write",
+        kid="kid-1",
+        grant_type="client_credentials",
+        iat=T0,
+        exp=T0 + 900,
+    )
 
 
 def issued(tok: IssuedToken) -> AuditEvent:
@@ -105,6 +127,7 @@ def issued(tok: IssuedToken) -> AuditEvent:
 
 
 # -- migrations and schema ---------------------------------------------------------------------------------
+
 
 def test_migrate_is_idempotent(url: str, clock: FrozenClock) -> None:
     s = SqlStore(url, clock)
@@ -149,6 +172,7 @@ def test_table_metadata_matches_the_migrations(store: SqlStore) -> None:
 
 # -- signing keys --------------------------------------------------------------------------------------------
 
+
 def test_key_lifecycle(store: SqlStore, clock: FrozenClock, kek: KEK) -> None:
     plan = store.bootstrap_keys(["ES256", "EdDSA"], kek)
     assert len(plan.inserts) == 4
@@ -183,8 +207,11 @@ def test_key_lifecycle(store: SqlStore, clock: FrozenClock, kek: KEK) -> None:
     assert store.sweep().updates == []
 
     assert [(e, s) for _, e, s in audit_trail(store)][4:] == [
-        ("key.retired", active.kid), ("key.activated", nxt.kid), ("key.created", fresh.kid),
-        ("key.removed", active.kid)]
+        ("key.retired", active.kid),
+        ("key.activated", nxt.kid),
+        ("key.created", fresh.kid),
+        ("key.removed", active.kid),
+    ]
     assert_chain_ok(store, 8)
 
 
@@ -209,11 +236,16 @@ def test_concurrent_bootstrap_creates_one_key_set(url: str, store: SqlStore, clo
     assert sorted(len(p.inserts) for p in plans) == [0, 0, 0, 4]
     keys = run(store.load_keys())
     assert sorted((k.alg, k.state.value) for k in keys) == [
-        ("ES256", "active"), ("ES256", "next"), ("EdDSA", "active"), ("EdDSA", "next")]
+        ("ES256", "active"),
+        ("ES256", "next"),
+        ("EdDSA", "active"),
+        ("EdDSA", "next"),
+    ]
     assert_chain_ok(store, 4)
 
 
 # -- clients ----------------------------------------------------------------------------------------------------
+
 
 def test_client_create_get_update_delete(store: SqlStore) -> None:
     async def scenario() -> None:
@@ -223,7 +255,10 @@ def test_client_create_get_update_delete(store: SqlStore) -> None:
         got = await store.get_client("c1")
         assert got == c1 and got is not None
         assert (got.metadata, got.secret_hash, got.registration_token_hash) == (
-            c1.metadata, c1.secret_hash, c1.registration_token_hash)
+            c1.metadata,
+            c1.secret_hash,
+            c1.registration_token_hash,
+        )
 
         updated = client("c1", scope="read write")
         await store.update_client(updated, AuditEvent("client.updated", actor="t", subject="c1"))
@@ -243,8 +278,13 @@ def test_client_create_get_update_delete(store: SqlStore) -> None:
     run(scenario())
     # Failed writes leave no audit record; a delete that found nothing records nothing. Deleting a
     # client revokes its unexpired tokens with it.
-    assert audit_trail(store) == [(1, "client.created", "c1"), (2, "client.updated", "c1"),
-                                  (3, "token.issued", "c1"), (4, "client.deleted", "c1"), (5, "token.revoked", "c1")]
+    assert audit_trail(store) == [
+        (1, "client.created", "c1"),
+        (2, "client.updated", "c1"),
+        (3, "token.issued", "c1"),
+        (4, "client.deleted", "c1"),
+        (5, "token.revoked", "c1"),
+    ]
     assert rows(store, issued_tokens, "jti", "revoked_at") == [("t1", T0)]
     assert_chain_ok(store, 5)
 
@@ -253,6 +293,7 @@ def test_client_cache_sees_other_writers_after_forget(url: str, store: SqlStore,
     other = SqlStore(url, clock, client_cache_ttl=0)  # another process, no cache
     other.start()
     try:
+
         async def scenario() -> None:
             await store.create_client(client("c1"), AuditEvent("client.created", subject="c1"))
             assert (await store.get_client("c1")) == client("c1")
@@ -271,6 +312,7 @@ def test_client_cache_sees_other_writers_after_forget(url: str, store: SqlStore,
 
 # -- issuance and assertion replay ---------------------------------------------------------------------------------
 
+
 def test_assertion_jti_is_consumed_once_with_its_issuance(store: SqlStore) -> None:
     use = AssertionUse(client_id="c1", jti="assertion-1", exp=T0 + 60)
 
@@ -279,18 +321,28 @@ def test_assertion_jti_is_consumed_once_with_its_issuance(store: SqlStore) -> No
         with pytest.raises(AssertionReplayed):
             await store.record_issuance(token("t2"), use, issued(token("t2")))
         # The same jti from another client is another assertion.
-        await store.record_issuance(token("t3", "c2"), AssertionUse("c2", "assertion-1", T0 + 60),
-                                    issued(token("t3", "c2")))
+        await store.record_issuance(
+            token("t3", "c2"), AssertionUse("c2", "assertion-1", T0 + 60), issued(token("t3", "c2"))
+        )
         await store.record_issuance(token("t4"), None, issued(token("t4")))
 
     run(scenario())
     assert rows(store, issued_tokens, "jti", "client_id") == [("t1", "c1"), ("t3", "c2"), ("t4", "c1")]
     assert rows(store, assertion_jtis, "client_id", "jti", "exp") == [
-        ("c1", "assertion-1", T0 + 60), ("c2", "assertion-1", T0 + 60)]
+        ("c1", "assertion-1", T0 + 60),
+        ("c2", "assertion-1", T0 + 60),
+    ]
     [stored] = store.read(lambda c: c.execute(sa.select(issued_tokens).where(issued_tokens.c.jti == "t1")).all())
     assert stored.aud == ["https://rs.example", "https://rs2.example"]
     assert (stored.sub, stored.scope, stored.kid, stored.grant_type, stored.iat, stored.exp, stored.revoked_at) == (
-        "c1", "read write", "kid-1", "client_credentials", T0, T0 + 900, None)
+        "c1",
+        "read write",
+        "kid-1",
+        "client_credentials",
+        T0,
+        T0 + 900,
+        None,
+    )
     assert [e for _, e, _ in audit_trail(store)] == ["token.issued"] * 3
     assert_chain_ok(store, 3)
 
@@ -326,6 +378,7 @@ def test_sweep_forgets_assertions_that_can_no_longer_be_accepted(store: SqlStore
 
 # -- the audit chain and group commit ---------------------------------------------------------------------------------
 
+
 def test_audit_appends_form_a_verifiable_chain(store: SqlStore, clock: FrozenClock) -> None:
     async def scenario() -> None:
         for i in range(5):
@@ -360,8 +413,9 @@ def test_concurrent_submits_all_commit_with_contiguous_seqs(store: SqlStore) -> 
         works: list[Awaitable[Any]] = []
         for i in range(200):
             if i % 2:
-                works.append(store.record_issuance(token(f"t{i}"), AssertionUse("c1", f"a{i}", T0 + 60),
-                                                   issued(token(f"t{i}"))))
+                works.append(
+                    store.record_issuance(token(f"t{i}"), AssertionUse("c1", f"a{i}", T0 + 60), issued(token(f"t{i}")))
+                )
             else:
                 works.append(store.audit(AuditEvent("test.event", subject=f"e{i}")))
         return await asyncio.gather(*works)
@@ -369,8 +423,7 @@ def test_concurrent_submits_all_commit_with_contiguous_seqs(store: SqlStore) -> 
     assert run(scenario()) == [None] * 200
     assert len(rows(store, issued_tokens, "jti")) == 100
     assert len(rows(store, assertion_jtis, "jti")) == 100
-    assert sorted(s for _, _, s in audit_trail(store)) == sorted(
-        ["c1"] * 100 + [f"e{i}" for i in range(0, 200, 2)])
+    assert sorted(s for _, _, s in audit_trail(store)) == sorted(["c1"] * 100 + [f"e{i}" for i in range(0, 200, 2)])
     assert_chain_ok(store, 200)
     assert store.writer.units == 200
     assert store.writer.batches < 200, "concurrent writes were grouped into fewer transactions"
@@ -380,11 +433,18 @@ def test_two_stores_on_one_database_append_to_one_chain(url: str, store: SqlStor
     other = SqlStore(url, clock)  # as if in another process: its own engines and writer thread
     other.start()
     try:
+
         async def scenario() -> list[Any]:
-            return await asyncio.gather(*(
-                s.record_issuance(token(f"{n}-{i}"), AssertionUse("c1", "shared-" + str(i), T0 + 60),
-                                  issued(token(f"{n}-{i}")))
-                for i in range(60) for n, s in (("a", store), ("b", other))), return_exceptions=True)
+            return await asyncio.gather(
+                *(
+                    s.record_issuance(
+                        token(f"{n}-{i}"), AssertionUse("c1", "shared-" + str(i), T0 + 60), issued(token(f"{n}-{i}"))
+                    )
+                    for i in range(60)
+                    for n, s in (("a", store), ("b", other))
+                ),
+                return_exceptions=True,
+            )
 
         results = run(scenario())
     finally:
@@ -445,15 +505,18 @@ def test_a_failing_unit_does_not_undo_the_rest_of_its_batch(store: SqlStore) -> 
     async def scenario() -> list[Any]:
         await store.create_client(client("dup"), AuditEvent("client.created", subject="dup"))
         use = AssertionUse("c1", "one-use", T0 + 60)
-        return await in_one_batch(store, [
-            lambda: store.record_issuance(token("ok-1"), use, issued(token("ok-1"))),
-            lambda: store.record_issuance(token("replay"), use, issued(token("replay"))),   # AssertionReplayed
-            lambda: store.writer.submit(writes_then_fails),                                # RuntimeError
-            lambda: store.create_client(client("dup"), AuditEvent("client.created", subject="dup")),  # unique
-            lambda: store.update_client(client("ghost"), AuditEvent("client.updated", subject="ghost")),
-            lambda: store.create_client(client("ok-2"), AuditEvent("client.created", subject="ok-2")),
-            lambda: store.audit(AuditEvent("test.last")),
-        ])
+        return await in_one_batch(
+            store,
+            [
+                lambda: store.record_issuance(token("ok-1"), use, issued(token("ok-1"))),
+                lambda: store.record_issuance(token("replay"), use, issued(token("replay"))),  # AssertionReplayed
+                lambda: store.writer.submit(writes_then_fails),  # RuntimeError
+                lambda: store.create_client(client("dup"), AuditEvent("client.created", subject="dup")),  # unique
+                lambda: store.update_client(client("ghost"), AuditEvent("client.updated", subject="ghost")),
+                lambda: store.create_client(client("ok-2"), AuditEvent("client.created", subject="ok-2")),
+                lambda: store.audit(AuditEvent("test.last")),
+            ],
+        )
 
     results = run(scenario())
     assert results[0] is None
@@ -466,22 +529,31 @@ def test_a_failing_unit_does_not_undo_the_rest_of_its_batch(store: SqlStore) -> 
     assert rows(store, issued_tokens, "jti") == [("ok-1",)]
     assert rows(store, clients, "client_id") == [("dup",), ("ok-2",)]
     assert [(e, s) for _, e, s in audit_trail(store)] == [
-        ("client.created", "dup"), ("test.first", None), ("token.issued", "c1"), ("client.created", "ok-2"),
-        ("test.last", None)]
+        ("client.created", "dup"),
+        ("test.first", None),
+        ("token.issued", "c1"),
+        ("client.created", "ok-2"),
+        ("test.last", None),
+    ]
     assert_chain_ok(store, 5)
 
 
 def test_a_failing_issuance_does_not_undo_the_issuances_batched_with_it(store: SqlStore) -> None:
     async def scenario() -> list[Any]:
         await store.record_issuance(token("taken"), None, issued(token("taken")))
-        return await in_one_batch(store, [
-            lambda: store.record_issuance(token("ok-1"), AssertionUse("c1", "a1", T0 + 60), issued(token("ok-1"))),
-            # A token jti that exists already: this issuance fails, and its assertion is not consumed.
-            lambda: store.record_issuance(token("taken"), AssertionUse("c1", "a2", T0 + 60), issued(token("taken"))),
-            lambda: store.record_issuance(token("ok-2"), AssertionUse("c1", "a3", T0 + 60), issued(token("ok-2"))),
-            lambda: store.record_issuance(token("ok-3"), None, issued(token("ok-3"))),
-            lambda: store.audit(AuditEvent("test.last")),
-        ])
+        return await in_one_batch(
+            store,
+            [
+                lambda: store.record_issuance(token("ok-1"), AssertionUse("c1", "a1", T0 + 60), issued(token("ok-1"))),
+                # A token jti that exists already: this issuance fails, and its assertion is not consumed.
+                lambda: store.record_issuance(
+                    token("taken"), AssertionUse("c1", "a2", T0 + 60), issued(token("taken"))
+                ),
+                lambda: store.record_issuance(token("ok-2"), AssertionUse("c1", "a3", T0 + 60), issued(token("ok-2"))),
+                lambda: store.record_issuance(token("ok-3"), None, issued(token("ok-3"))),
+                lambda: store.audit(AuditEvent("test.last")),
+            ],
+        )
 
     results = run(scenario())
     assert results[0] is None
@@ -490,8 +562,13 @@ def test_a_failing_issuance_does_not_undo_the_issuances_batched_with_it(store: S
     assert rows(store, issued_tokens, "jti") == [("ok-1",), ("ok-2",), ("ok-3",), ("taken",)]
     assert rows(store, assertion_jtis, "jti") == [("a1",), ("a3",)]
     assert [(e, s) for _, e, s in audit_trail(store)] == [
-        ("token.issued", "c1"), ("test.first", None), ("token.issued", "c1"), ("token.issued", "c1"),
-        ("token.issued", "c1"), ("test.last", None)]
+        ("token.issued", "c1"),
+        ("test.first", None),
+        ("token.issued", "c1"),
+        ("token.issued", "c1"),
+        ("token.issued", "c1"),
+        ("test.last", None),
+    ]
     assert_chain_ok(store, 6)
 
     async def retry() -> None:  # the assertion of the failed issuance is still unused

@@ -72,11 +72,23 @@ class NoNetwork:
         return {"transport": httpx.MockTransport(self._handler), "async_transport": httpx.MockTransport(self._handler)}
 
 
-def make_bundle(signer: PrivateKey, *, kid: str | None = "k1", iss: str = ISSUER, iat: float = T0,
-                exp: float = T0 + 86400, jwks: Any = None, metadata: Any = None, status_lists: Any = None,
-                typ: str | None = "tessera-bundle+jwt", drop: tuple[str, ...] = ()) -> str:
+def make_bundle(
+    signer: PrivateKey,
+    *,
+    kid: str | None = "k1",
+    iss: str = ISSUER,
+    iat: float = T0,
+    exp: float = T0 + 86400,
+    jwks: Any = None,
+    metadata: Any = None,
+    status_lists: Any = None,
+    typ: str | None = "tessera-bundle+jwt",
+    drop: tuple[str, ...] = (),
+) -> str:
     payload: dict[str, Any] = {
-        "iss": iss, "iat": iat, "exp": exp,
+        "iss": iss,
+        "iat": iat,
+        "exp": exp,
         "metadata": metadata if metadata is not None else {"issuer": iss, "jwks_uri": iss + "/oauth/jwks"},
         "jwks": jwks if jwks is not None else {"keys": [public_jwk(signer, kid)]},
         "status_lists": status_lists if status_lists is not None else {},
@@ -103,8 +115,9 @@ def trusted(issuer: FakeIssuer) -> dict[str, Any]:
     return {"keys": [issuer.published["k1"]]}
 
 
-def bundle_verifier(issuer: FakeIssuer, bundle: str, trusted: dict[str, Any], net: NoNetwork | None = None,
-                    **options: Any) -> Verifier:
+def bundle_verifier(
+    issuer: FakeIssuer, bundle: str, trusted: dict[str, Any], net: NoNetwork | None = None, **options: Any
+) -> Verifier:
     net = net or NoNetwork()
     settings: dict[str, Any] = {"clock": issuer.clock, "background_refresh": False, **net.options()}
     settings.update(options)
@@ -128,6 +141,7 @@ def invalid_bundle(issuer: FakeIssuer, bundle: str, trusted: dict[str, Any]) -> 
 
 
 # -- bundles -------------------------------------------------------------------------------------
+
 
 def test_bundle_verifies_tokens_with_no_network(issuer: FakeIssuer, trusted: dict[str, Any]) -> None:
     net = NoNetwork()
@@ -190,10 +204,10 @@ def test_bundle_lifetime_not_keys_max_stale_bounds_its_keys(issuer: FakeIssuer, 
 
 def test_bundle_signed_by_an_untrusted_key(issuer: FakeIssuer, trusted: dict[str, Any]) -> None:
     stranger = ec.generate_private_key(ec.SECP256R1())
-    invalid_bundle(issuer, make_bundle(stranger), trusted)                     # same kid, other key
-    invalid_bundle(issuer, make_bundle(stranger, kid="k9"), trusted)           # unknown kid
-    invalid_bundle(issuer, make_bundle(stranger, kid=None), trusted)           # no kid at all
-    invalid_bundle(issuer, make_bundle(issuer.keys["k1"]), {"keys": []})       # nothing trusted
+    invalid_bundle(issuer, make_bundle(stranger), trusted)  # same kid, other key
+    invalid_bundle(issuer, make_bundle(stranger, kid="k9"), trusted)  # unknown kid
+    invalid_bundle(issuer, make_bundle(stranger, kid=None), trusted)  # no kid at all
+    invalid_bundle(issuer, make_bundle(issuer.keys["k1"]), {"keys": []})  # nothing trusted
     invalid_bundle(issuer, make_bundle(issuer.keys["k1"]), {"keys": [public_jwk(stranger, "k1")]})
 
 
@@ -206,10 +220,27 @@ def test_another_issuers_bundle(issuer: FakeIssuer, trusted: dict[str, Any]) -> 
     invalid_bundle(issuer, make_bundle(issuer.keys["k1"], metadata={"jwks_uri": JWKS_URL}), trusted)
 
 
-@pytest.mark.parametrize("variant", ["typ at+jwt", "typ JWT", "no typ", "alg none", "HS256", "tampered", "not a JWS",
-                                     "iat in the future", "iat missing", "exp missing", "exp a string", "no jwks",
-                                     "jwks not a set", "status_lists a list", "status_lists value not a string",
-                                     "metadata missing"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "typ at+jwt",
+        "typ JWT",
+        "no typ",
+        "alg none",
+        "HS256",
+        "tampered",
+        "not a JWS",
+        "iat in the future",
+        "iat missing",
+        "exp missing",
+        "exp a string",
+        "no jwks",
+        "jwks not a set",
+        "status_lists a list",
+        "status_lists value not a string",
+        "metadata missing",
+    ],
+)
 def test_malformed_bundles(issuer: FakeIssuer, trusted: dict[str, Any], variant: str) -> None:
     k1 = issuer.keys["k1"]
     if variant == "alg none":
@@ -245,8 +276,9 @@ def test_malformed_bundles(issuer: FakeIssuer, trusted: dict[str, Any], variant:
 
 
 def test_status_lists_inside_the_bundle_apply(issuer: FakeIssuer, trusted: dict[str, Any]) -> None:
-    lists = {STATUS_URL: status_list_token(issuer.keys["k1"], kid="k1", uri=STATUS_URL, now=T0 - 60,
-                                           statuses={1: 1, 2: 2})}
+    lists = {
+        STATUS_URL: status_list_token(issuer.keys["k1"], kid="k1", uri=STATUS_URL, now=T0 - 60, statuses={1: 1, 2: 2})
+    }
     net = NoNetwork()
     v = bundle_verifier(issuer, make_bundle(issuer.keys["k1"], iat=T0 - 60, status_lists=lists), trusted, net)
 
@@ -263,16 +295,17 @@ def test_status_lists_inside_the_bundle_apply(issuer: FakeIssuer, trusted: dict[
 
 
 @pytest.mark.parametrize("case", ["forged", "not a JWS", "wrong typ", "expired", "other sub"])
-def test_a_bundle_with_a_bad_status_list_is_an_invalid_bundle(issuer: FakeIssuer, trusted: dict[str, Any],
-                                                              case: str) -> None:
+def test_a_bundle_with_a_bad_status_list_is_an_invalid_bundle(
+    issuer: FakeIssuer, trusted: dict[str, Any], case: str
+) -> None:
     k1 = issuer.keys["k1"]
     bad = {
-        "forged": lambda: status_list_token(ec.generate_private_key(ec.SECP256R1()), kid="k1", uri=STATUS_URL,
-                                            now=T0, statuses={}),
+        "forged": lambda: status_list_token(
+            ec.generate_private_key(ec.SECP256R1()), kid="k1", uri=STATUS_URL, now=T0, statuses={}
+        ),
         "not a JWS": lambda: "garbage",
         "wrong typ": lambda: status_list_token(k1, kid="k1", uri=STATUS_URL, now=T0, statuses={}, typ="JWT"),
-        "expired": lambda: status_list_token(k1, kid="k1", uri=STATUS_URL, now=T0 - 7200, statuses={},
-                                             exp=T0 - 3600),
+        "expired": lambda: status_list_token(k1, kid="k1", uri=STATUS_URL, now=T0 - 7200, statuses={}, exp=T0 - 3600),
         "other sub": lambda: status_list_token(k1, kid="k1", uri=ISSUER + "/oauth/status/9", now=T0, statuses={}),
     }[case]()
     invalid_bundle(issuer, make_bundle(k1, status_lists={STATUS_URL: bad}), trusted)
@@ -287,8 +320,17 @@ def test_cli_verify_with_a_bundle(issuer: FakeIssuer, tmp_path: pathlib.Path) ->
     (tmp_path / "bundle.jws").write_text(make_bundle(k1, iat=now - 5, exp=now + 3600))
     (tmp_path / "trusted.json").write_text(json.dumps({"keys": [issuer.published["k1"]]}))
     token = sign({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}, access_claims(now), k1)
-    args = ["verify", "--issuer", ISSUER, "--audience", AUDIENCE, "--bundle", str(tmp_path / "bundle.jws"),
-            "--trusted-jwks", str(tmp_path / "trusted.json")]
+    args = [
+        "verify",
+        "--issuer",
+        ISSUER,
+        "--audience",
+        AUDIENCE,
+        "--bundle",
+        str(tmp_path / "bundle.jws"),
+        "--trusted-jwks",
+        str(tmp_path / "trusted.json"),
+    ]
     ok = CliRunner().invoke(main, [*args, token])
     assert ok.exit_code == 0, ok.output
     out = json.loads(ok.output)
@@ -297,17 +339,20 @@ def test_cli_verify_with_a_bundle(issuer: FakeIssuer, tmp_path: pathlib.Path) ->
     assert bad.exit_code == 1 and json.loads(bad.output)["reason"] == "bad_signature"
     stdin = CliRunner().invoke(main, [*args, "-"], input=token + "\n")
     assert stdin.exit_code == 0 and json.loads(stdin.output)["valid"] is True
-    missing = CliRunner().invoke(main, ["verify", "--issuer", ISSUER, "--audience", AUDIENCE, "--bundle",
-                                        str(tmp_path / "bundle.jws"), token])
+    missing = CliRunner().invoke(
+        main, ["verify", "--issuer", ISSUER, "--audience", AUDIENCE, "--bundle", str(tmp_path / "bundle.jws"), token]
+    )
     assert missing.exit_code == 2
     expired = tmp_path / "old.jws"
     expired.write_text(make_bundle(k1, iat=now - 7200, exp=now - 3600))
-    old = CliRunner().invoke(main, [*args[:-4], "--bundle", str(expired), "--trusted-jwks",
-                                    str(tmp_path / "trusted.json"), token])
+    old = CliRunner().invoke(
+        main, [*args[:-4], "--bundle", str(expired), "--trusted-jwks", str(tmp_path / "trusted.json"), token]
+    )
     assert old.exit_code == 1 and json.loads(old.output)["reason"] == "invalid_bundle"
 
 
 # -- ASGI middleware in front of Starlette -------------------------------------------------------------
+
 
 def _starlette_app(verifier: Verifier, *, as_middleware_option: bool) -> Any:
     from starlette.applications import Starlette
@@ -369,13 +414,16 @@ def test_bearer_middleware(issuer: FakeIssuer, as_middleware_option: bool) -> No
         assert r[name].headers["www-authenticate"] == 'Bearer realm="orders"', name  # RFC 6750 §3.1: no error code
     for name, reason in (("malformed", "malformed"), ("expired", "expired"), ("forged", "bad_signature")):
         assert r[name].status_code == 401, name
-        assert r[name].headers["www-authenticate"] == \
-            f'Bearer realm="orders", error="invalid_token", error_description="{reason}"', name
+        assert (
+            r[name].headers["www-authenticate"]
+            == f'Bearer realm="orders", error="invalid_token", error_description="{reason}"'
+        ), name
         assert r[name].json() == {"error": "invalid_token", "reason": reason}
     for name in ("no scope", "scope prefix"):
         assert r[name].status_code == 403, name
-        assert r[name].headers["www-authenticate"] == \
-            'Bearer realm="orders", error="insufficient_scope", scope="read"', name
+        assert (
+            r[name].headers["www-authenticate"] == 'Bearer realm="orders", error="insufficient_scope", scope="read"'
+        ), name
         assert r[name].json()["error"] == "insufficient_scope"
     assert r["good"].status_code == 200
     assert r["good"].json() == {"sub": "svc-reporting", "scope": "read write", "source": "network"}
@@ -396,6 +444,7 @@ def test_bearer_middleware_fails_closed_when_trust_data_is_stale(issuer: FakeIss
 
 
 # -- FastAPI dependency -------------------------------------------------------------------------------
+
 
 def _fastapi_app(verifier: Verifier) -> Any:
     from fastapi import Depends, FastAPI
@@ -429,13 +478,16 @@ def test_fastapi_dependency(issuer: FakeIssuer) -> None:
         assert r[name].headers["www-authenticate"] == 'Bearer realm="orders"', name
     for name, reason in (("malformed", "malformed"), ("expired", "expired"), ("forged", "bad_signature")):
         assert r[name].status_code == 401, name
-        assert r[name].headers["www-authenticate"] == \
-            f'Bearer realm="orders", error="invalid_token", error_description="{reason}"', name
+        assert (
+            r[name].headers["www-authenticate"]
+            == f'Bearer realm="orders", error="invalid_token", error_description="{reason}"'
+        ), name
         assert r[name].json() == {"detail": reason}
     for name in ("no scope", "scope prefix"):
         assert r[name].status_code == 403, name
-        assert r[name].headers["www-authenticate"] == \
-            'Bearer realm="orders", error="insufficient_scope", scope="read"', name
+        assert (
+            r[name].headers["www-authenticate"] == 'Bearer realm="orders", error="insufficient_scope", scope="read"'
+        ), name
     assert r["good"].status_code == 200, r["good"].text
     assert r["good"].json() == {"sub": "svc-reporting", "scope": "read write", "source": "network"}
     assert r["good lowercase scheme"].status_code == 200

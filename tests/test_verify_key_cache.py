@@ -65,6 +65,7 @@ def flood(issuer: FakeIssuer, verifier: Verifier, n: int = 100) -> None:
 
 # -- discovery --------------------------------------------------------------------------------------
 
+
 def test_discovery_then_jwks_fetched_once(issuer: FakeIssuer) -> None:
     v = make_verifier(issuer)
     for _ in range(5):
@@ -89,8 +90,9 @@ def test_warm_fetches_ahead_of_the_first_request(issuer: FakeIssuer) -> None:
     assert len(issuer.requests) == 2
 
 
-@pytest.mark.parametrize("named", ["https://evil.test", ISSUER + "/", "HTTPS://ISSUER.TEST", ISSUER + "/tenant",
-                                   None, 1, [ISSUER]])
+@pytest.mark.parametrize(
+    "named", ["https://evil.test", ISSUER + "/", "HTTPS://ISSUER.TEST", ISSUER + "/tenant", None, 1, [ISSUER]]
+)
 def test_metadata_naming_another_issuer_is_refused(issuer: FakeIssuer, named: Any) -> None:
     """RFC 8414 §3.3: the issuer value returned MUST be identical to the issuer identifier used."""
     if named is None:
@@ -118,20 +120,23 @@ def test_a_jwks_that_is_not_a_jwk_set_fails_closed_on_first_fetch(issuer: FakeIs
     refused(make_verifier(issuer), issuer.token(), TrustDataStale)
 
 
-@pytest.mark.parametrize("bad", [
-    {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "AAAA=", "y": "AAAA"},          # padded base64url
-    {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "A*AA", "y": "AAAA"},           # outside the alphabet
-    {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "AQ", "y": "AQ"},               # wrong length
-    {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "A" * 43, "y": "A" * 43},       # not on the curve
-    {"kty": "EC", "crv": "P-256", "kid": "bad", "x": 1, "y": 2},
-    {"kty": "EC", "crv": "P-384", "kid": "bad", "x": "A" * 64, "y": "A" * 64},
-    {"kty": "OKP", "crv": "Ed25519", "kid": "bad", "x": "!!!!"},
-    {"kty": "OKP", "crv": "X25519", "kid": "bad", "x": "A" * 43},
-    {"kty": "RSA", "kid": "bad", "n": "n=", "e": "AQAB"},
-    {"kty": "oct", "kid": "bad", "k": "c2VjcmV0"},
-    {"kid": "bad"},
-    "not an object",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "AAAA=", "y": "AAAA"},  # padded base64url
+        {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "A*AA", "y": "AAAA"},  # outside the alphabet
+        {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "AQ", "y": "AQ"},  # wrong length
+        {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "A" * 43, "y": "A" * 43},  # not on the curve
+        {"kty": "EC", "crv": "P-256", "kid": "bad", "x": 1, "y": 2},
+        {"kty": "EC", "crv": "P-384", "kid": "bad", "x": "A" * 64, "y": "A" * 64},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "bad", "x": "!!!!"},
+        {"kty": "OKP", "crv": "X25519", "kid": "bad", "x": "A" * 43},
+        {"kty": "RSA", "kid": "bad", "n": "n=", "e": "AQAB"},
+        {"kty": "oct", "kid": "bad", "k": "c2VjcmV0"},
+        {"kid": "bad"},
+        "not an object",
+    ],
+)
 def test_an_unusable_jwk_is_skipped_and_the_rest_of_the_set_still_verifies(issuer: FakeIssuer, bad: Any) -> None:
     issuer.published["bad"] = bad
     v = make_verifier(issuer)
@@ -153,18 +158,22 @@ def test_issuer_down_on_cold_start_fails_closed(issuer: FakeIssuer) -> None:
 
 # -- Cache-Control ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cache_control,ttl", [
-    ("max-age=600", 600),
-    ("public, max-age=120, must-revalidate", 120),
-    ("MAX-AGE=90", 90),
-    (None, 300),                  # the verifier's keys_ttl
-    ("public", 300),
-    ("max-age=5", 30),            # raised to the 30 s floor
-    ("max-age=0", 30),
-    ("no-store", 30),
-    ("no-cache, max-age=600", 30),
-    ("max-age=999999", 3600),     # capped at 12 x keys_ttl
-])
+
+@pytest.mark.parametrize(
+    "cache_control,ttl",
+    [
+        ("max-age=600", 600),
+        ("public, max-age=120, must-revalidate", 120),
+        ("MAX-AGE=90", 90),
+        (None, 300),  # the verifier's keys_ttl
+        ("public", 300),
+        ("max-age=5", 30),  # raised to the 30 s floor
+        ("max-age=0", 30),
+        ("no-store", 30),
+        ("no-cache, max-age=600", 30),
+        ("max-age=999999", 3600),  # capped at 12 x keys_ttl
+    ],
+)
 def test_cache_control_max_age_is_honoured(issuer: FakeIssuer, cache_control: str | None, ttl: int) -> None:
     issuer.jwks_cache_control = cache_control
     clock = issuer.clock
@@ -182,6 +191,7 @@ def test_cache_control_max_age_is_honoured(issuer: FakeIssuer, cache_control: st
 
 
 # -- unknown kid --------------------------------------------------------------------------------------
+
 
 def test_unknown_kid_flood_costs_one_refetch_per_cooldown(issuer: FakeIssuer) -> None:
     clock = issuer.clock
@@ -236,7 +246,7 @@ def test_a_key_added_at_the_issuer_is_found_by_the_unknown_kid_refetch(issuer: F
 def test_a_key_added_during_the_cooldown_is_found_once_it_ends(issuer: FakeIssuer) -> None:
     v = make_verifier(issuer)
     v.verify(issuer.token())
-    flood(issuer, v, 5)                # spends the refetch
+    flood(issuer, v, 5)  # spends the refetch
     issuer.clock.advance(1)
     issuer.add_key("k2")
     refused(v, issuer.token("k2"), UnknownKey)
@@ -271,6 +281,7 @@ def test_a_key_replaced_under_the_same_kid(issuer: FakeIssuer) -> None:
 
 
 # -- issuer unreachable ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("down", ["connect", 500, 503, 404])
 def test_issuer_down_keeps_last_good_keys_until_keys_max_stale(issuer: FakeIssuer, down: str | int) -> None:
@@ -320,6 +331,7 @@ def test_unknown_kid_while_the_issuer_is_down(issuer: FakeIssuer) -> None:
 
 # -- background refresh (the default) ---------------------------------------------------------------------
 
+
 def _join_refresh_threads() -> None:
     for t in threading.enumerate():
         if t.name.startswith("tessera-verify-refresh"):
@@ -354,6 +366,7 @@ def test_background_refresh_still_fails_closed(issuer: FakeIssuer) -> None:
 
 
 # -- async API ------------------------------------------------------------------------------------------
+
 
 async def arefused(verifier: Verifier, token: str, error: type[VerificationError]) -> VerificationError:
     with pytest.raises(VerificationError) as caught:

@@ -104,23 +104,45 @@ def test_a_well_formed_token_verifies(issuer: FakeIssuer, verifier: Verifier) ->
 
 # -- algorithms (RFC 8725 §2.1, §3.1) -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE", ""])
 def test_alg_none_is_refused(issuer: FakeIssuer, verifier: Verifier, alg: str) -> None:
-    unsigned = b64u(json.dumps({"alg": alg, "typ": "at+jwt", "kid": "k1"}).encode()) + "." + \
-        b64u(json.dumps(access_claims(NOW)).encode()) + "."
+    unsigned = (
+        b64u(json.dumps({"alg": alg, "typ": "at+jwt", "kid": "k1"}).encode())
+        + "."
+        + b64u(json.dumps(access_claims(NOW)).encode())
+        + "."
+    )
     refused(verifier, unsigned, UnsupportedAlgorithm, "unsupported_algorithm")
     # ... and with the real signature of another token glued on.
     refused(verifier, unsigned + issuer.token().rsplit(".", 1)[1], UnsupportedAlgorithm, "unsupported_algorithm")
 
 
-@pytest.mark.parametrize("alg", [None, ["ES256"], {"alg": "ES256"}, 256, "ES256 ", "es256", "ES384", "ES512", "HS256",
-                                 "RS256", "PS256", "EdDSA", "ES256K"])
+@pytest.mark.parametrize(
+    "alg",
+    [
+        None,
+        ["ES256"],
+        {"alg": "ES256"},
+        256,
+        "ES256 ",
+        "es256",
+        "ES384",
+        "ES512",
+        "HS256",
+        "RS256",
+        "PS256",
+        "EdDSA",
+        "ES256K",
+    ],
+)
 def test_alg_outside_the_allow_list_is_refused(issuer: FakeIssuer, verifier: Verifier, alg: Any) -> None:
     header: dict[str, Any] = {"typ": "at+jwt", "kid": "k1", "alg": alg}
     if alg is None:
         del header["alg"]
-    token = sign_segments(b64u(json.dumps(header).encode()), b64u(json.dumps(access_claims(NOW)).encode()),
-                          issuer.keys["k1"], "ES256")
+    token = sign_segments(
+        b64u(json.dumps(header).encode()), b64u(json.dumps(access_claims(NOW)).encode()), issuer.keys["k1"], "ES256"
+    )
     refused(verifier, token, UnsupportedAlgorithm, "unsupported_algorithm")
 
 
@@ -169,8 +191,9 @@ def test_key_type_must_match_the_algorithm(issuer: FakeIssuer) -> None:
     refused(make_verifier(issuer, algorithms=["ES256", "EdDSA"]), token, BadSignature, "bad_signature")
 
 
-def test_a_jwk_alg_different_from_the_token_alg_excludes_the_key(issuer: FakeIssuer, rsa2048: rsa.RSAPrivateKey
-                                                                  ) -> None:
+def test_a_jwk_alg_different_from_the_token_alg_excludes_the_key(
+    issuer: FakeIssuer, rsa2048: rsa.RSAPrivateKey
+) -> None:
     issuer.add_key("r1", rsa2048, alg="PS256")
     token = issuer.token("r1", header={"alg": "RS256"})
     refused(make_verifier(issuer, algorithms=["RS256", "PS256"]), token, UnknownKey, "unknown_key")
@@ -190,16 +213,21 @@ def test_a_key_for_encryption_is_not_used_for_signatures(issuer: FakeIssuer) -> 
 
 # -- header parameters (RFC 8725 §3.10, RFC 7515 §4.1.11) -----------------------------------------------
 
-@pytest.mark.parametrize("name,value", [
-    ("jku", "https://attacker.test/jwks"),
-    ("jwk", {"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}),
-    ("x5u", "https://attacker.test/cert.pem"),
-    ("x5c", ["MIIB"]),
-    ("crit", ["exp"]),
-    ("crit", []),
-])
-def test_key_locating_and_critical_headers_are_refused(issuer: FakeIssuer, verifier: Verifier, name: str,
-                                                       value: Any) -> None:
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("jku", "https://attacker.test/jwks"),
+        ("jwk", {"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}),
+        ("x5u", "https://attacker.test/cert.pem"),
+        ("x5c", ["MIIB"]),
+        ("crit", ["exp"]),
+        ("crit", []),
+    ],
+)
+def test_key_locating_and_critical_headers_are_refused(
+    issuer: FakeIssuer, verifier: Verifier, name: str, value: Any
+) -> None:
     """Even on an otherwise valid token signed by the issuer's own key."""
     refused(verifier, issuer.token(header={name: value}), MalformedToken, "malformed")
 
@@ -214,13 +242,28 @@ def test_embedded_jwk_with_the_attackers_own_key_is_refused(issuer: FakeIssuer, 
 
 # -- explicit typing (RFC 8725 §3.11, RFC 9068 §4) -----------------------------------------------------
 
+
 @pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "AT+JWT", "Application/At+Jwt"])
 def test_at_jwt_type_accepted_in_both_forms(issuer: FakeIssuer, verifier: Verifier, typ: str) -> None:
     assert verifier.verify(issuer.token(header={"typ": typ}))["sub"] == "svc-reporting"
 
 
-@pytest.mark.parametrize("typ", [None, "JWT", "jwt", "", "at+jwt ", "application/jwt", "statuslist+jwt",
-                                 "tessera-bundle+jwt", "application/application/at+jwt", 1, ["at+jwt"]])
+@pytest.mark.parametrize(
+    "typ",
+    [
+        None,
+        "JWT",
+        "jwt",
+        "",
+        "at+jwt ",
+        "application/jwt",
+        "statuslist+jwt",
+        "tessera-bundle+jwt",
+        "application/application/at+jwt",
+        1,
+        ["at+jwt"],
+    ],
+)
 def test_missing_or_wrong_type_is_refused(issuer: FakeIssuer, verifier: Verifier, typ: Any) -> None:
     refused(verifier, issuer.token(header={"typ": typ}), WrongType, "wrong_type")  # None: no typ at all
 
@@ -231,8 +274,11 @@ def test_typ_check_can_be_disabled(issuer: FakeIssuer) -> None:
 
 # -- issuer and audience (RFC 8725 §3.8, §3.9; RFC 7519 §4.1.1, §4.1.3) ------------------------------------
 
-@pytest.mark.parametrize("iss", [None, "https://evil.test", ISSUER + "/", ISSUER.upper(), "HTTPS://issuer.test",
-                                 ISSUER + "/tenant", [ISSUER], 1])
+
+@pytest.mark.parametrize(
+    "iss",
+    [None, "https://evil.test", ISSUER + "/", ISSUER.upper(), "HTTPS://issuer.test", ISSUER + "/tenant", [ISSUER], 1],
+)
 def test_wrong_or_missing_issuer_is_refused(issuer: FakeIssuer, verifier: Verifier, iss: Any) -> None:
     refused(verifier, issuer.token(iss=iss), WrongIssuer, "wrong_issuer")
 
@@ -249,10 +295,25 @@ def test_matching_audience_string_or_array(issuer: FakeIssuer, verifier: Verifie
     assert verifier.verify(issuer.token(aud=aud))["aud"] == aud
 
 
-@pytest.mark.parametrize("aud", [
-    None, "https://other.test", AUDIENCE + "/", ["https://other.test"], [], "", [""],
-    [AUDIENCE, 1], [1], [None], [[AUDIENCE]], {"aud": AUDIENCE}, 7, True,
-])
+@pytest.mark.parametrize(
+    "aud",
+    [
+        None,
+        "https://other.test",
+        AUDIENCE + "/",
+        ["https://other.test"],
+        [],
+        "",
+        [""],
+        [AUDIENCE, 1],
+        [1],
+        [None],
+        [[AUDIENCE]],
+        {"aud": AUDIENCE},
+        7,
+        True,
+    ],
+)
 def test_audience_refusals(issuer: FakeIssuer, verifier: Verifier, aud: Any) -> None:
     refused(verifier, issuer.token(aud=aud), WrongAudience, "wrong_audience")
 
@@ -265,9 +326,28 @@ def test_any_of_several_accepted_audiences(issuer: FakeIssuer) -> None:
 
 # -- NumericDate values (RFC 7519 §2, §4.1.4-4.1.6) ------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
-@pytest.mark.parametrize("value", ["1700000300", "soon", "", True, False, 1e300, -1e300, 2**64, -(2**64), 10**11,
-                                   float("inf"), float("-inf"), float("nan"), [1700000300], {"t": 1}])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1700000300",
+        "soon",
+        "",
+        True,
+        False,
+        1e300,
+        -1e300,
+        2**64,
+        -(2**64),
+        10**11,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        [1700000300],
+        {"t": 1},
+    ],
+)
 def test_times_must_be_sane_numbers(issuer: FakeIssuer, verifier: Verifier, name: str, value: Any) -> None:
     refused(verifier, issuer.token(**{name: value}), MalformedToken, "malformed")
 
@@ -333,6 +413,7 @@ def test_max_token_age_requires_iat(issuer: FakeIssuer) -> None:
 
 # -- required claims (RFC 9068 §2.2) ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["sub", "jti", "iat"])
 def test_default_required_claims(issuer: FakeIssuer, verifier: Verifier, name: str) -> None:
     refused(verifier, issuer.token(**{name: None}), MissingClaim, "missing_claim")
@@ -349,6 +430,7 @@ def test_custom_required_claims(issuer: FakeIssuer) -> None:
 
 
 # -- size and structure ------------------------------------------------------------------------------
+
 
 def test_token_size_cap(issuer: FakeIssuer) -> None:
     token = issuer.token(padding="x" * 2000)
@@ -367,8 +449,24 @@ def _segments(issuer: FakeIssuer) -> tuple[str, str, str]:
     return h, p, s
 
 
-@pytest.mark.parametrize("shape", ["", ".", "..", "...", "a", "a.b", "{h}.{p}", "{h}.{p}.{s}.{s}",
-                                   "{h}.{p}.{s}.{p}.{s}", ".{p}.{s}", "{h}.{p}.{s}.", "{h}.{p}.{s}..", "{h}.{p}..{s}"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "",
+        ".",
+        "..",
+        "...",
+        "a",
+        "a.b",
+        "{h}.{p}",
+        "{h}.{p}.{s}.{s}",
+        "{h}.{p}.{s}.{p}.{s}",
+        ".{p}.{s}",
+        "{h}.{p}.{s}.",
+        "{h}.{p}.{s}..",
+        "{h}.{p}..{s}",
+    ],
+)
 def test_wrong_number_or_empty_segments(issuer: FakeIssuer, verifier: Verifier, shape: str) -> None:
     h, p, s = _segments(issuer)
     token = shape.format(h=h, p=p, s=s)
@@ -380,18 +478,37 @@ def test_non_string_token_is_malformed(verifier: Verifier) -> None:
     refused(verifier, None, MalformedToken, "malformed")
 
 
-@pytest.mark.parametrize("mutation", ["header-padding", "header-plus", "header-slash", "header-star",
-                                      "header-space", "header-length", "sig-padding", "sig-star", "sig-newline",
-                                      "sig-length", "sig-nonascii"])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        "header-padding",
+        "header-plus",
+        "header-slash",
+        "header-star",
+        "header-space",
+        "header-length",
+        "sig-padding",
+        "sig-star",
+        "sig-newline",
+        "sig-length",
+        "sig-nonascii",
+    ],
+)
 def test_malformed_base64url(issuer: FakeIssuer, verifier: Verifier, mutation: str) -> None:
     """RFC 7515 §2/§7.1: base64url without padding; nothing else in the alphabet."""
     h, p, s = _segments(issuer)
     token = {
-        "header-padding": f"{h}=.{p}.{s}", "header-plus": f"{h[:-1]}+.{p}.{s}", "header-slash": f"{h[:-1]}/.{p}.{s}",
-        "header-star": f"{h[:4]}*{h[4:]}.{p}.{s}", "header-space": f"{h[:4]} {h[4:]}.{p}.{s}",
+        "header-padding": f"{h}=.{p}.{s}",
+        "header-plus": f"{h[:-1]}+.{p}.{s}",
+        "header-slash": f"{h[:-1]}/.{p}.{s}",
+        "header-star": f"{h[:4]}*{h[4:]}.{p}.{s}",
+        "header-space": f"{h[:4]} {h[4:]}.{p}.{s}",
         "header-length": f"{h}AAAAA.{p}.{s}",
-        "sig-padding": f"{h}.{p}.{s}==", "sig-star": f"{h}.{p}.{s[:10]}****{s[10:]}", "sig-newline": f"{h}.{p}.{s}\n",
-        "sig-length": f"{h}.{p}.{s}AAA", "sig-nonascii": f"{h}.{p}.{s[:-1]}é",
+        "sig-padding": f"{h}.{p}.{s}==",
+        "sig-star": f"{h}.{p}.{s[:10]}****{s[10:]}",
+        "sig-newline": f"{h}.{p}.{s}\n",
+        "sig-length": f"{h}.{p}.{s}AAA",
+        "sig-nonascii": f"{h}.{p}.{s[:-1]}é",
     }[mutation]
     refused(verifier, token, MalformedToken, "malformed")
 
@@ -427,6 +544,7 @@ def test_token_without_kid_uses_the_issuers_keys(issuer: FakeIssuer, verifier: V
 
 # -- delegation (RFC 8693 §4.1) -----------------------------------------------------------------------
 
+
 def _chain(*subs: str) -> dict[str, Any] | None:
     act: dict[str, Any] | None = None
     for sub in reversed(subs):
@@ -459,22 +577,41 @@ def test_actor_not_allowed(issuer: FakeIssuer) -> None:
     assert v.verify(issuer.token())  # no delegation at all is fine
 
 
-@pytest.mark.parametrize("act", ["agent-a", ["agent-a"], {}, {"sub": 1}, {"client_id": "agent-a"},
-                                 {"sub": "agent-a", "act": "agent-b"}])
+@pytest.mark.parametrize(
+    "act", ["agent-a", ["agent-a"], {}, {"sub": 1}, {"client_id": "agent-a"}, {"sub": "agent-a", "act": "agent-b"}]
+)
 def test_malformed_act(issuer: FakeIssuer, act: Any) -> None:
     refused(make_verifier(issuer, max_act_depth=3), issuer.token(act=act), MalformedToken, "malformed")
 
 
 # -- signatures (RFC 7518 §3.3, §3.4, §3.5; RFC 8037 §3.1) -------------------------------------------------
 
+
 def _rs(token: str) -> tuple[int, int]:
     sig = signature_of(token)
     return int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
 
 
-@pytest.mark.parametrize("variant", ["63-bytes", "65-bytes", "65-bytes-leading-zero", "empty", "128-bytes", "der",
-                                     "r=0", "s=0", "r=n", "s=n", "s=n+1", "r=s=0", "flipped-bit", "r-only",
-                                     "swapped"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "63-bytes",
+        "65-bytes",
+        "65-bytes-leading-zero",
+        "empty",
+        "128-bytes",
+        "der",
+        "r=0",
+        "s=0",
+        "r=n",
+        "s=n",
+        "s=n+1",
+        "r=s=0",
+        "flipped-bit",
+        "r-only",
+        "swapped",
+    ],
+)
 def test_es256_signature_encoding_refusals(issuer: FakeIssuer, verifier: Verifier, variant: str) -> None:
     token = issuer.token()
     sig = signature_of(token)
@@ -484,10 +621,21 @@ def test_es256_signature_encoding_refusals(issuer: FakeIssuer, verifier: Verifie
         return a.to_bytes(32, "big") + b.to_bytes(32, "big")
 
     bad = {
-        "63-bytes": sig[:63], "65-bytes": sig + b"\x00", "65-bytes-leading-zero": b"\x00" + sig, "empty": b"",
-        "128-bytes": sig + sig, "der": encode_dss_signature(r, s), "r=0": rs(0, s), "s=0": rs(r, 0),
-        "r=n": rs(P256_N, s), "s=n": rs(r, P256_N), "s=n+1": rs(r, P256_N + 1), "r=s=0": bytes(64),
-        "flipped-bit": sig[:40] + bytes([sig[40] ^ 1]) + sig[41:], "r-only": sig[:32], "swapped": rs(s, r),
+        "63-bytes": sig[:63],
+        "65-bytes": sig + b"\x00",
+        "65-bytes-leading-zero": b"\x00" + sig,
+        "empty": b"",
+        "128-bytes": sig + sig,
+        "der": encode_dss_signature(r, s),
+        "r=0": rs(0, s),
+        "s=0": rs(r, 0),
+        "r=n": rs(P256_N, s),
+        "s=n": rs(r, P256_N),
+        "s=n+1": rs(r, P256_N + 1),
+        "r=s=0": bytes(64),
+        "flipped-bit": sig[:40] + bytes([sig[40] ^ 1]) + sig[41:],
+        "r-only": sig[:32],
+        "swapped": rs(s, r),
     }[variant]
     refused(verifier, with_signature(token, bad), BadSignature, "bad_signature")
 
@@ -535,8 +683,12 @@ def test_eddsa_token_verifies_with_an_okp_key(alg: str) -> None:
     assert v.verify(token)["sub"] == "svc-reporting"
     refused(v, with_signature(token, signature_of(token)[:63]), BadSignature, "bad_signature")
     refused(v, with_signature(token, signature_of(token) + b"\x00"), BadSignature, "bad_signature")
-    refused(v, issuer.token("ed1", header={"alg": alg}, key=ed25519.Ed25519PrivateKey.generate()), BadSignature,
-            "bad_signature")
+    refused(
+        v,
+        issuer.token("ed1", header={"alg": alg}, key=ed25519.Ed25519PrivateKey.generate()),
+        BadSignature,
+        "bad_signature",
+    )
     refused(make_verifier(issuer), token, UnsupportedAlgorithm, "unsupported_algorithm")
 
 
@@ -549,8 +701,7 @@ def test_rsa_2048_verifies(rsa2048: rsa.RSAPrivateKey, alg: str) -> None:
     assert v.verify(token)["sub"] == "svc-reporting"
     refused(v, with_signature(token, signature_of(token)[:-1]), BadSignature, "bad_signature")
     refused(v, with_signature(token, b"\x00" + signature_of(token)), BadSignature, "bad_signature")
-    other_padding = raw_signature("PS256" if alg == "RS256" else "RS256", rsa2048,
-                                  token.rsplit(".", 1)[0].encode())
+    other_padding = raw_signature("PS256" if alg == "RS256" else "RS256", rsa2048, token.rsplit(".", 1)[0].encode())
     refused(v, with_signature(token, other_padding), BadSignature, "bad_signature")
 
 
@@ -565,6 +716,7 @@ def test_rsa_1024_key_is_skipped_at_jwks_load() -> None:
 
 
 # -- the verified-signature cache ------------------------------------------------------------------------
+
 
 def test_a_cached_verification_still_runs_every_claim_check(issuer: FakeIssuer) -> None:
     """The signature cache (keyed by the whole token) must not carry a token past its exp or its audience."""

@@ -38,8 +38,9 @@ class SdkVenv:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TESSERA_", "PYTHON", "VIRTUAL_ENV"))}
 
     def run(self, *argv: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, env=self.env,
-                              cwd=self.root)
+        return subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=self.root
+        )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SdkVenv]:
 
 
 def test_server_dependencies_are_absent_and_the_sdk_verifies(sdk: SdkVenv) -> None:
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import base64, importlib.util, json, sys, time
 
         server_only = %r
@@ -125,7 +126,7 @@ def test_server_dependencies_are_absent_and_the_sdk_verifies(sdk: SdkVenv) -> No
                                          "tessera.runtime", "tessera.settings")))
         assert not leaked, f"the SDK imported server code: {leaked}"
         print("SDK-OK")
-    ''') % (SERVER_ONLY,)
+    """) % (SERVER_ONLY,)
     r = sdk.run(sdk.python, "-c", script)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "SDK-OK"
@@ -153,17 +154,25 @@ def test_cli_verify_help_and_usage_errors_in_the_sdk_install(sdk: SdkVenv) -> No
 
 
 def test_cli_verify_refuses_with_a_reason_in_the_sdk_install(sdk: SdkVenv) -> None:
-    malformed = sdk.run(sdk.tessera, "verify", "not-a-token", "--issuer", "https://issuer.example",
-                        "--audience", "https://api.example")
+    malformed = sdk.run(
+        sdk.tessera, "verify", "not-a-token", "--issuer", "https://issuer.example", "--audience", "https://api.example"
+    )
     assert malformed.returncode == 1, malformed.stderr
     out = json.loads(malformed.stdout)
     assert out["valid"] is False and out["reason"] == "malformed"
 
     # a well-formed token, and an issuer nobody listens for on loopback: fail closed, no traceback
-    token = ("eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsxIn0."
-             "eyJzdWIiOiJzdmMifQ." + "A" * 86)
-    unreachable = sdk.run(sdk.tessera, "verify", "-", "--issuer", f"http://127.0.0.1:{free_port()}",
-                          "--audience", "https://api.example", stdin=token + "\n")
+    token = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsxIn0.eyJzdWIiOiJzdmMifQ." + "A" * 86
+    unreachable = sdk.run(
+        sdk.tessera,
+        "verify",
+        "-",
+        "--issuer",
+        f"http://127.0.0.1:{free_port()}",
+        "--audience",
+        "https://api.example",
+        stdin=token + "\n",
+    )
     assert unreachable.returncode == 1, unreachable.stderr
     assert json.loads(unreachable.stdout)["reason"] == "trust_data_stale"
 

@@ -79,6 +79,7 @@ def _pack(bits: int, size: int, statuses: list[list[int]]) -> bytes:
 
 # -- decoding and encoding against the draft's vectors -------------------------------------------------
 
+
 def test_the_vector_file_is_the_one_expected() -> None:
     assert VECTORS["draft"] == "draft-ietf-oauth-status-list-20"
     assert len(VECTORS["small_examples"]) == 2 and len(VECTORS["vectors"]) == 4
@@ -132,13 +133,27 @@ def test_the_drafts_status_list_token_example_decodes() -> None:
     assert decoded.data.hex() == VECTORS["small_examples"][0]["byte_array_hex"]
 
 
-@pytest.mark.parametrize("bits,lst", [
-    (3, "eNrbuRgAAhcBXQ"), (0, "eNrbuRgAAhcBXQ"), (16, "eNrbuRgAAhcBXQ"), (True, "eNrbuRgAAhcBXQ"),
-    ("1", "eNrbuRgAAhcBXQ"), (1.0, "eNrbuRgAAhcBXQ"), (None, "eNrbuRgAAhcBXQ"),
-    (1, ""), (1, None), (1, 42), (1, "eNrbuRgAAhcBXQ=="), (1, "eNrb*uRgAAhcBXQ"), (1, "eNrbuRgAAhcB"),
-    (1, b64u(b"not zlib at all")), (1, b64u(zlib.compress(bytes(100))[:-6])),
-    (1, b64u(zlib.compressobj(wbits=-15).compress(bytes(10)))),  # raw DEFLATE, no ZLIB header
-])
+@pytest.mark.parametrize(
+    "bits,lst",
+    [
+        (3, "eNrbuRgAAhcBXQ"),
+        (0, "eNrbuRgAAhcBXQ"),
+        (16, "eNrbuRgAAhcBXQ"),
+        (True, "eNrbuRgAAhcBXQ"),
+        ("1", "eNrbuRgAAhcBXQ"),
+        (1.0, "eNrbuRgAAhcBXQ"),
+        (None, "eNrbuRgAAhcBXQ"),
+        (1, ""),
+        (1, None),
+        (1, 42),
+        (1, "eNrbuRgAAhcBXQ=="),
+        (1, "eNrb*uRgAAhcBXQ"),
+        (1, "eNrbuRgAAhcB"),
+        (1, b64u(b"not zlib at all")),
+        (1, b64u(zlib.compress(bytes(100))[:-6])),
+        (1, b64u(zlib.compressobj(wbits=-15).compress(bytes(10)))),  # raw DEFLATE, no ZLIB header
+    ],
+)
 def test_decoder_refusals(bits: Any, lst: Any) -> None:
     with pytest.raises(StatusUnavailable):
         decode_status_list(bits, lst)
@@ -173,6 +188,7 @@ def test_zlib_bomb_is_refused_without_inflating_it() -> None:
 
 
 # -- status in verification ------------------------------------------------------------------------
+
 
 @pytest.fixture
 def issuer() -> FakeIssuer:
@@ -239,23 +255,34 @@ def test_other_widths(issuer: FakeIssuer, bits: int) -> None:
 
 # -- the status list token (§5.1, §8.3) -------------------------------------------------------------
 
+
 def _hs256_with_public_key(issuer: FakeIssuer) -> str:
-    pem = issuer.keys["k1"].public_key().public_bytes(serialization.Encoding.PEM,
-                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = (
+        issuer.keys["k1"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     header = {"alg": "HS256", "typ": "statuslist+jwt", "kid": "k1"}
-    claims = {"sub": STATUS_URL, "iat": int(T0), "ttl": 300,
-              "status_list": {"bits": 2, "lst": encode_status_list(2, {}, 1024)}}
+    claims = {
+        "sub": STATUS_URL,
+        "iat": int(T0),
+        "ttl": 300,
+        "status_list": {"bits": 2, "lst": encode_status_list(2, {}, 1024)},
+    }
     si = b64u(json.dumps(header).encode()) + "." + b64u(json.dumps(claims).encode())
     return si + "." + b64u(hmac.new(pem, si.encode(), hashlib.sha256).digest())
 
 
 BAD_LISTS: dict[str, Any] = {
     "signed by another key under the issuer's kid": lambda f: status_list_token(
-        ec.generate_private_key(ec.SECP256R1()), kid="k1", uri=STATUS_URL, now=T0, statuses={}),
-    "signature of another list": lambda f: f.publish_status({}).rsplit(".", 1)[0] + "."
-    + f.publish_status({0: 1}).rsplit(".", 1)[1],
-    "alg none": lambda f: b64u(b'{"alg":"none","typ":"statuslist+jwt"}') + "."
-    + f.publish_status({}).split(".")[1] + ".",
+        ec.generate_private_key(ec.SECP256R1()), kid="k1", uri=STATUS_URL, now=T0, statuses={}
+    ),
+    "signature of another list": lambda f: (
+        f.publish_status({}).rsplit(".", 1)[0] + "." + f.publish_status({0: 1}).rsplit(".", 1)[1]
+    ),
+    "alg none": lambda f: (
+        b64u(b'{"alg":"none","typ":"statuslist+jwt"}') + "." + f.publish_status({}).split(".")[1] + "."
+    ),
     "HS256 with the public key as secret": _hs256_with_public_key,
     "wrong sub": lambda f: f.publish_status({}, sub=ISSUER + "/oauth/status/2"),
     "missing sub": lambda f: f.publish_status({}, sub=None),
@@ -299,10 +326,16 @@ def test_status_list_token_type(issuer: FakeIssuer, typ: Any) -> None:
     if typ is None:
         issuer.publish_status({}, typ=None)
     else:
-        issuer.documents[STATUS_URL] = sign({"alg": "ES256", "kid": "k1", "typ": typ},
-                                            {"sub": STATUS_URL, "iat": int(T0), "ttl": 300, "status_list": {
-                                                "bits": 1, "lst": encode_status_list(1, {}, 8)}},
-                                            issuer.keys["k1"])
+        issuer.documents[STATUS_URL] = sign(
+            {"alg": "ES256", "kid": "k1", "typ": typ},
+            {
+                "sub": STATUS_URL,
+                "iat": int(T0),
+                "ttl": 300,
+                "status_list": {"bits": 1, "lst": encode_status_list(1, {}, 8)},
+            },
+            issuer.keys["k1"],
+        )
     refused(make_verifier(issuer), token_with_status(issuer, 0), WrongType)
 
 
@@ -326,8 +359,9 @@ def test_status_list_http_errors(issuer: FakeIssuer) -> None:
 
 
 def test_status_list_token_under_an_unknown_kid(issuer: FakeIssuer) -> None:
-    issuer.documents[STATUS_URL] = status_list_token(ec.generate_private_key(ec.SECP256R1()), kid="nope",
-                                                     uri=STATUS_URL, now=T0, statuses={})
+    issuer.documents[STATUS_URL] = status_list_token(
+        ec.generate_private_key(ec.SECP256R1()), kid="nope", uri=STATUS_URL, now=T0, statuses={}
+    )
     refused(make_verifier(issuer), token_with_status(issuer, 0), StatusUnavailable)
 
 
@@ -344,22 +378,44 @@ def test_zlib_bomb_in_a_status_list_token(issuer: FakeIssuer) -> None:
 
 # -- the reference in the access token (§6.2) ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("idx", [1024, 10**9, -1, True, False, 1.0, "0", None, [0]])
 def test_bad_index(issuer: FakeIssuer, idx: Any) -> None:
     refused(make_verifier(issuer), token_with_status(issuer, idx), StatusUnavailable)
 
 
-@pytest.mark.parametrize("uri", [
-    "https://evil.test/oauth/status/1", "https://issuer.test.evil.test/oauth/status/1", "http://issuer.test/oauth/x",
-    ISSUER, "https://ISSUER.TEST/oauth/status/1", "//issuer.test/oauth/status/1", "/oauth/status/1", 1, None,
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://evil.test/oauth/status/1",
+        "https://issuer.test.evil.test/oauth/status/1",
+        "http://issuer.test/oauth/x",
+        ISSUER,
+        "https://ISSUER.TEST/oauth/status/1",
+        "//issuer.test/oauth/status/1",
+        "/oauth/status/1",
+        1,
+        None,
+    ],
+)
 def test_status_uri_outside_the_issuer_is_never_fetched(issuer: FakeIssuer, uri: Any) -> None:
     refused(make_verifier(issuer), token_with_status(issuer, 0, uri=uri), StatusUnavailable)
     assert all(r in (JWKS_URL, ISSUER + "/.well-known/oauth-authorization-server") for r in issuer.requests)
 
 
-@pytest.mark.parametrize("status", ["revoked", 1, [], {}, {"status_list": None}, {"status_list": "x"},
-                                    {"status_list": {"idx": 0}}, {"status_list": {"uri": STATUS_URL}}])
+@pytest.mark.parametrize(
+    "status",
+    [
+        "revoked",
+        1,
+        [],
+        {},
+        {"status_list": None},
+        {"status_list": "x"},
+        {"status_list": {"idx": 0}},
+        {"status_list": {"uri": STATUS_URL}},
+    ],
+)
 def test_malformed_status_claim(issuer: FakeIssuer, status: Any) -> None:
     refused(make_verifier(issuer), issuer.token(status=status), StatusUnavailable)
 
@@ -380,6 +436,7 @@ def test_require_status(issuer: FakeIssuer) -> None:
 
 
 # -- caching (§13.1) ------------------------------------------------------------------------------------
+
 
 def test_list_is_refetched_after_ttl_and_a_revocation_is_seen_then(issuer: FakeIssuer) -> None:
     clock = issuer.clock
@@ -439,7 +496,8 @@ def test_issuer_down_after_ttl_uses_the_cached_list_until_status_max_age(issuer:
         issuer.documents[STATUS_URL] = "x.y.z"
     elif failure == "foreign":
         issuer.documents[STATUS_URL] = status_list_token(
-            ec.generate_private_key(ec.SECP256R1()), kid="k1", uri=STATUS_URL, now=T0, statuses={0: 1})
+            ec.generate_private_key(ec.SECP256R1()), kid="k1", uri=STATUS_URL, now=T0, statuses={0: 1}
+        )
     else:
         issuer.down = failure if failure == "connect" else int(failure)
     clock.advance(301)

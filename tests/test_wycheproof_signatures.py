@@ -113,8 +113,9 @@ def test_ed25519_also_verifies_under_the_fully_specified_name() -> None:
     """RFC 9864's "Ed25519" is the same algorithm as JWS "EdDSA" with an Ed25519 key."""
     for group_index, case in _cases("EdDSA"):
         if case["result"] == "valid":
-            verify_signature("Ed25519", _key("EdDSA", group_index), bytes.fromhex(case["msg"]),
-                             bytes.fromhex(case["sig"]))
+            verify_signature(
+                "Ed25519", _key("EdDSA", group_index), bytes.fromhex(case["msg"]), bytes.fromhex(case["sig"])
+            )
 
 
 def test_ecdsa_jwk_and_uncompressed_point_give_the_same_key() -> None:
@@ -122,7 +123,8 @@ def test_ecdsa_jwk_and_uncompressed_point_give_the_same_key() -> None:
     assert sum("publicKeyJwk" in g for g in groups) > 90
     for group in groups:
         from_jwk = public_key_from_jwk(_jwk("ES256", group)).key
-        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
-                                                             bytes.fromhex(group["publicKey"]["uncompressed"]))
+        point = ec.EllipticCurvePublicKey.from_encoded_point(
+            ec.SECP256R1(), bytes.fromhex(group["publicKey"]["uncompressed"])
+        )
         assert isinstance(from_jwk, ec.EllipticCurvePublicKey)
         assert from_jwk.public_numbers() == point.public_numbers()

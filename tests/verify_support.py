@@ -48,6 +48,7 @@ class Clock:
 
 # -- JOSE by hand -------------------------------------------------------------------------------------
 
+
 def default_alg(key: PrivateKey) -> str:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return "ES256"
@@ -107,8 +108,11 @@ def public_jwk(key: PrivateKey, kid: str | None = None, alg: str | None = None) 
         jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64u(raw)}
     else:
         rn = key.public_key().public_numbers()
-        jwk = {"kty": "RSA", "n": b64u(rn.n.to_bytes((rn.n.bit_length() + 7) // 8, "big")),
-               "e": b64u(rn.e.to_bytes((rn.e.bit_length() + 7) // 8, "big"))}
+        jwk = {
+            "kty": "RSA",
+            "n": b64u(rn.n.to_bytes((rn.n.bit_length() + 7) // 8, "big")),
+            "e": b64u(rn.e.to_bytes((rn.e.bit_length() + 7) // 8, "big")),
+        }
     if kid is not None:
         jwk["kid"] = kid
     if alg is not None:
@@ -119,20 +123,43 @@ def public_jwk(key: PrivateKey, kid: str | None = None, alg: str | None = None) 
 
 def access_claims(now: float, **overrides: Any) -> dict[str, Any]:
     """RFC 9068 claims for ``AUDIENCE``; an override of ``None`` drops the claim."""
-    claims: dict[str, Any] = {"iss": ISSUER, "sub": "svc-reporting", "aud": AUDIENCE, "iat": int(now),
-                              "exp": int(now) + 300, "jti": secrets.token_urlsafe(12), "client_id": "svc-reporting",
-                              "scope": "read"}
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "sub": "svc-reporting",
+        "aud": AUDIENCE,
+        "iat": int(now),
+        "exp": int(now) + 300,
+        "jti": secrets.token_urlsafe(12),
+        "client_id": "svc-reporting",
+        "scope": "read",
+    }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def status_list_token(key: PrivateKey, *, kid: str | None, uri: str, now: float, statuses: dict[int, int],
-                      bits: int = 2, size: int = 1024, ttl: float | None = 300, exp: float | None = None,
-                      typ: str | None = "statuslist+jwt", **overrides: Any) -> str:
+def status_list_token(
+    key: PrivateKey,
+    *,
+    kid: str | None,
+    uri: str,
+    now: float,
+    statuses: dict[int, int],
+    bits: int = 2,
+    size: int = 1024,
+    ttl: float | None = 300,
+    exp: float | None = None,
+    typ: str | None = "statuslist+jwt",
+    **overrides: Any,
+) -> str:
     """A Status List Token (draft-ietf-oauth-status-list-20 §5.1); an override of ``None`` drops the claim."""
-    claims: dict[str, Any] = {"sub": uri, "iss": ISSUER, "iat": int(now),
-                              "exp": int(now) + 86400 if exp is None else exp, "ttl": ttl,
-                              "status_list": {"bits": bits, "lst": encode_status_list(bits, statuses, size)}}
+    claims: dict[str, Any] = {
+        "sub": uri,
+        "iss": ISSUER,
+        "iat": int(now),
+        "exp": int(now) + 86400 if exp is None else exp,
+        "ttl": ttl,
+        "status_list": {"bits": bits, "lst": encode_status_list(bits, statuses, size)},
+    }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
     header: dict[str, Any] = {"alg": default_alg(key)}
@@ -144,6 +171,7 @@ def status_list_token(key: PrivateKey, *, kid: str | None, uri: str, now: float,
 
 
 # -- the issuer's HTTP side ---------------------------------------------------------------------------
+
 
 class FakeIssuer:
     """RFC 8414 metadata, the JWK Set and status list tokens of ``ISSUER``, served through MockTransport.
@@ -164,8 +192,9 @@ class FakeIssuer:
         self.requests: list[str] = []
 
     # keys
-    def add_key(self, kid: str, key: PrivateKey | None = None, *, alg: str | None = None,
-                jwk: dict[str, Any] | None = None) -> PrivateKey:
+    def add_key(
+        self, kid: str, key: PrivateKey | None = None, *, alg: str | None = None, jwk: dict[str, Any] | None = None
+    ) -> PrivateKey:
         key = key or ec.generate_private_key(ec.SECP256R1())
         self.keys[kid] = key
         self.published[kid] = jwk if jwk is not None else public_jwk(key, kid, alg)
@@ -178,8 +207,14 @@ class FakeIssuer:
         return {"keys": list(self.published.values())}
 
     # tokens
-    def token(self, kid: str | None = "k1", *, header: dict[str, Any] | None = None, key: PrivateKey | None = None,
-              **claims: Any) -> str:
+    def token(
+        self,
+        kid: str | None = "k1",
+        *,
+        header: dict[str, Any] | None = None,
+        key: PrivateKey | None = None,
+        **claims: Any,
+    ) -> str:
         signer = key or self.keys[kid or "k1"]
         h: dict[str, Any] = {"alg": default_alg(signer), "typ": "at+jwt"}
         if kid is not None:
@@ -188,8 +223,9 @@ class FakeIssuer:
         h = {k: v for k, v in h.items() if v is not None}
         return sign(h, access_claims(self.clock(), **claims), signer)
 
-    def publish_status(self, statuses: dict[int, int], *, uri: str = STATUS_URL, kid: str = "k1",
-                       **options: Any) -> str:
+    def publish_status(
+        self, statuses: dict[int, int], *, uri: str = STATUS_URL, kid: str = "k1", **options: Any
+    ) -> str:
         token = status_list_token(self.keys[kid], kid=kid, uri=uri, now=self.clock(), statuses=statuses, **options)
         self.documents[uri] = token
         return token
@@ -212,8 +248,7 @@ class FakeIssuer:
                 return httpx.Response(200, content=self.jwks_body, headers=headers)
             return httpx.Response(200, json=self.jwks(), headers=headers)
         if url in self.documents:
-            return httpx.Response(200, text=self.documents[url],
-                                  headers={"Content-Type": "application/statuslist+jwt"})
+            return httpx.Response(200, text=self.documents[url], headers={"Content-Type": "application/statuslist+jwt"})
         return httpx.Response(404)
 
     def transport(self) -> httpx.MockTransport:
@@ -225,7 +260,12 @@ class FakeIssuer:
 
 def make_verifier(issuer: FakeIssuer, **options: Any) -> Verifier:
     """A verifier of ``ISSUER`` for ``AUDIENCE`` on the fake issuer, with inline (deterministic) refreshes."""
-    settings: dict[str, Any] = {"audiences": [AUDIENCE], "clock": issuer.clock, "background_refresh": False,
-                                "transport": issuer.transport(), "async_transport": issuer.transport()}
+    settings: dict[str, Any] = {
+        "audiences": [AUDIENCE],
+        "clock": issuer.clock,
+        "background_refresh": False,
+        "transport": issuer.transport(),
+        "async_transport": issuer.transport(),
+    }
     settings.update(options)
     return Verifier(ISSUER, **settings)
