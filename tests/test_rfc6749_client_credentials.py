@@ -313,9 +313,10 @@ def test_secret_client_cannot_send_an_assertion(server, basic) -> None:
 # -- invalid_client: private_key_jwt assertions (RFC 7523 §3) --------------------------------------------------------
 
 
-def _alg_none(c: dict[str, Any], server) -> str:
+def _fresh_claims(c: dict[str, Any], server) -> dict[str, Any]:
+    """Claims of a well-formed assertion: only its header and signature make the forgeries below."""
     now = int(time.time())
-    claims = {
+    return {
         "iss": c["client_id"],
         "sub": c["client_id"],
         "aud": server.token_endpoint,
@@ -323,20 +324,16 @@ def _alg_none(c: dict[str, Any], server) -> str:
         "exp": now + 60,
         "jti": secrets.token_urlsafe(16),
     }
+
+
+def _alg_none(c: dict[str, Any], server) -> str:
+    claims = _fresh_claims(c, server)
     return b64u(json.dumps({"alg": "none", "kid": "k1"}).encode()) + "." + b64u(json.dumps(claims).encode()) + "."
 
 
 def _hs256(c: dict[str, Any], server) -> str:
     """HMAC keyed with the client's own public JWK: what a key-confusion forgery looks like."""
-    now = int(time.time())
-    claims = {
-        "iss": c["client_id"],
-        "sub": c["client_id"],
-        "aud": server.token_endpoint,
-        "iat": now,
-        "exp": now + 60,
-        "jti": secrets.token_urlsafe(16),
-    }
+    claims = _fresh_claims(c, server)
     si = (
         b64u(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()) + "." + b64u(json.dumps(claims).encode())
     )
