@@ -16,6 +16,8 @@ class TokenRequest:
     form: Form
     client: AuthenticatedClient
     headers: dict[str, str] = field(default_factory=dict)
+    #: RFC 9449: the JWK thumbprint of a verified DPoP proof; the token is bound to it (``cnf.jkt``).
+    dpop_jkt: str | None = None
 
 
 @dataclass(frozen=True)

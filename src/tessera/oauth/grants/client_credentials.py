@@ -100,6 +100,7 @@ class ClientCredentialsGrant:
             lifetime=lifetime,
             grant_type=self.grant_type,
             status=status,
+            extra={"cnf": {"jkt": request.dpop_jkt}} if request.dpop_jkt else None,
         )
         event = AuditEvent(
             "token.issued",
@@ -121,7 +122,8 @@ class ClientCredentialsGrant:
         except AssertionReplayed:
             # RFC 7523 §3 (7): a jti seen before means the assertion is replayed.
             raise InvalidClient("client_assertion was already used (jti replay)", client_id=client.client_id) from None
-        body = {"access_token": token.value, "token_type": "Bearer", "expires_in": lifetime}
+        # RFC 9449 §5: a DPoP-bound token's token_type is "DPoP".
+        body = {"access_token": token.value, "token_type": "DPoP" if request.dpop_jkt else "Bearer", "expires_in": lifetime}
         if scope:
             body["scope"] = " ".join(scope)
         return TokenResponse(body)
