@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -504,7 +503,8 @@ def test_client_assertion_type_without_assertion(server) -> None:
         "password",
         "authorization_code",
         "refresh_token",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "urn:ietf:params:oauth:grant-type:device_code",
+        "urn:openid:params:grant-type:ciba",
         "CLIENT_CREDENTIALS",
     ],
 )
@@ -515,29 +515,9 @@ def test_unsupported_grant_type(server, basic, grant_type: str) -> None:
 
 @pytest.fixture(scope="module")
 def client_without_client_credentials(server) -> Iterator[tuple[str, str]]:
-    """A client registered for another grant type only.
-
-    This server supports only client_credentials, and every way of registering a client (RFC 7591,
-    the admin API, the CLI, the config file) requires grant_types to be a non-empty subset of the
-    supported grants, so such a client cannot be registered. It exists when a registry row was
-    written for a grant type this deployment does not offer (an older or newer version sharing the
-    database). The row is written into the server's SQLite database directly.
-    """
-    cid, secret = "legacy-" + secrets.token_hex(6), secrets.token_urlsafe(32)
-    md = {
-        "grant_types": ["urn:ietf:params:oauth:grant-type:jwt-bearer"],
-        "token_endpoint_auth_method": "client_secret_basic",
-        "scope": "read",
-    }
-    now = int(time.time())
-    with sqlite3.connect(server.data_dir / "tessera.db", timeout=30) as db:
-        db.execute(
-            "INSERT INTO clients (client_id, metadata, secret_hash, registration_token_hash, source, "
-            "created_at, updated_at) VALUES (?, ?, ?, NULL, 'admin', ?, ?)",
-            (cid, json.dumps(md), hashlib.sha256(secret.encode()).hexdigest(), now, now),
-        )
-    db.close()
-    yield cid, secret
+    """A client registered (RFC 7591) for the JWT bearer grant only."""
+    reg = server.register(grant_types=["urn:ietf:params:oauth:grant-type:jwt-bearer"], scope="read")
+    yield reg["client_id"], reg["client_secret"]
 
 
 def test_unauthorized_client(server, client_without_client_credentials) -> None:

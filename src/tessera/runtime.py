@@ -29,7 +29,11 @@ from tessera.store.sql.store import SqlStore
 __all__ = ["SUPPORTED_GRANTS", "Runtime", "client_policy", "export_bundle", "open_runtime", "server_metadata"]
 
 log = logging.getLogger("tessera")
-SUPPORTED_GRANTS = ("client_credentials",)
+SUPPORTED_GRANTS = (
+    "client_credentials",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+)
 
 
 def client_policy(settings: Settings) -> ClientPolicy:

@@ -31,6 +31,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from tessera.federation.cel import CelError, to_cel
+from tessera.federation.validator import FederationRefused, IssuerRegistry
 from tessera.oauth.clients import ASSERTION_ALGS, SECRET_METHODS, Client, secret_matches
 from tessera.oauth.errors import InvalidClient, InvalidRequest
 from tessera.verify.errors import VerificationError
@@ -112,7 +114,9 @@ class ClientAuthenticator:
         assertion_max_lifetime: int,
         leeway: int,
         other_endpoints: tuple[str, ...] = (),
+        federation: IssuerRegistry | None = None,
     ) -> None:
+        self._federation = federation
         self._issuer = issuer
         self._audiences = {issuer, token_endpoint, *other_endpoints}
         self._lookup = lookup
@@ -209,6 +213,9 @@ class ClientAuthenticator:
         if len(parts) != 3:
             raise InvalidClient("client_assertion must be a compact JWS (JWE is not accepted)")
         header, unverified = _b64json(parts[0]), _b64json(parts[1])
+        form_id = form.get("client_id")
+        if self._federation is not None and form_id and unverified.get("iss") != form_id:
+            return await self._federated(form_id, value)
         # RFC 7523 §3: the JWT MUST contain a "sub" claim; for client authentication it is the client_id.
         sub = unverified.get("sub")
         if not isinstance(sub, str) or not sub:
@@ -234,6 +241,43 @@ class ClientAuthenticator:
         return AuthenticatedClient(
             client, "private_key_jwt", AssertionUse(client.client_id, claims["jti"], int(claims["exp"]))
         )
+
+    async def _federated(self, client_id: str, value: str) -> AuthenticatedClient:
+        """Secretless authentication with a federated credential (like Entra ID's federated identity
+        credentials): the assertion is a token of a trusted issuer whose ``iss``, ``sub`` and ``aud``
+        match one of the client's ``federated_credentials``; keys, algorithms, lifetime, ``jti``
+        replay and the issuer's condition are those of the trust configuration."""
+        assert self._federation is not None
+        client = await self._known(client_id, "private_key_jwt")
+        creds = client.federated_credentials
+        if not creds:
+            raise InvalidClient("unknown client or bad credentials", client_id=client.client_id)
+        try:
+            trust, claims = await self._federation.authenticate(value, audiences=[c["audience"] for c in creds])
+        except FederationRefused as e:
+            raise InvalidClient(f"the federated client assertion is not accepted: {e}", client_id=client_id) from None
+        aud = claims.get("aud")
+        auds = {aud} if isinstance(aud, str) else set(aud or [])
+        match = [
+            c
+            for c in creds
+            if c["issuer"] == trust.issuer and c["subject"] == claims.get("sub") and c["audience"] in auds
+        ]
+        if not match:
+            raise InvalidClient("the assertion matches none of the client's federated credentials", client_id=client_id)
+        if trust.condition is not None:
+            try:
+                if not trust.condition.evaluate_bool({"assertion": to_cel(claims)}):
+                    raise InvalidClient("the trust configuration's condition does not hold", client_id=client_id)
+            except CelError:
+                raise InvalidClient("the trust configuration's condition failed", client_id=client_id) from None
+        jti = claims.get("jti")
+        use = (
+            AssertionUse(client.client_id, f"{trust.name}:{jti}", int(claims["exp"]))
+            if trust.jti_replay and isinstance(jti, str)
+            else None
+        )
+        return AuthenticatedClient(client, "federated_credential", use)
 
     async def _keyset(self, client: Client, refresh: bool) -> KeySet:
         if "jwks" in client.metadata:

@@ -6,6 +6,10 @@ Tessera extensions to the RFC 7591 vocabulary (registered by name, documented in
 - ``allowed_resources``: absolute URIs (RFC 8707 resource indicators) the client may ask tokens for.
 - ``default_resource``: the audience of tokens requested without ``resource``.
 - ``access_token_lifetime``: the client's own cap on access token lifetime (seconds).
+- ``may_delegate`` / ``may_impersonate``: in RFC 8693 token exchange, the client may act for another
+  subject (the token records it in ``act``) / may obtain a token for another subject without ``act``.
+- ``federated_credentials``: ``[{issuer, subject, audience}]``; the client authenticates with that
+  trusted issuer's token as its ``client_assertion`` (no secret or key of its own).
 """
 
 from __future__ import annotations
@@ -155,6 +159,18 @@ class Client:
         return list(self.metadata.get("allowed_resources", []))
 
     @property
+    def may_delegate(self) -> bool:
+        return bool(self.metadata.get("may_delegate"))
+
+    @property
+    def may_impersonate(self) -> bool:
+        return bool(self.metadata.get("may_impersonate"))
+
+    @property
+    def federated_credentials(self) -> list[dict[str, str]]:
+        return list(self.metadata.get("federated_credentials", []))
+
+    @property
     def default_resource(self) -> str | None:
         return self.metadata.get("default_resource")
 
@@ -244,8 +260,13 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
     has_jwks, has_uri = raw.get("jwks") is not None, raw.get("jwks_uri") is not None
     if has_jwks and has_uri:
         raise _bad("jwks and jwks_uri MUST NOT both be present (RFC 7591 §2)")
-    if method == "private_key_jwt" and not (has_jwks or has_uri):
-        raise _bad("private_key_jwt requires jwks or jwks_uri")
+    federated = raw.get("federated_credentials")
+    if federated is not None:
+        if method != "private_key_jwt" or has_jwks or has_uri:
+            raise _bad("federated_credentials replace keys: use private_key_jwt without jwks or jwks_uri")
+        md["federated_credentials"] = _validate_federated(federated)
+    elif method == "private_key_jwt" and not (has_jwks or has_uri):
+        raise _bad("private_key_jwt requires jwks, jwks_uri or federated_credentials")
     if has_jwks:
         md["jwks"] = _validate_jwks(raw["jwks"])
     if has_uri:
@@ -307,6 +328,13 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
             raise _bad("default_resource must be one of allowed_resources")
         md["default_resource"] = default
 
+    for flag in ("may_delegate", "may_impersonate"):
+        if flag in raw:
+            if not isinstance(raw[flag], bool):
+                raise _bad(f"{flag} must be true or false")
+            if raw[flag]:
+                md[flag] = True
+
     lifetime = raw.get("access_token_lifetime")
     if lifetime is not None:
         if (
@@ -317,6 +345,22 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
             raise _bad(f"access_token_lifetime must be an integer from 10 to {policy.max_token_lifetime}")
         md["access_token_lifetime"] = lifetime
     return md
+
+
+def _validate_federated(value: Any) -> list[dict[str, str]]:
+    """Federated identity credentials (like Entra ID's): the client authenticates with a token its
+    platform issued — ``issuer`` (a trusted issuer), ``subject`` (its exact ``sub``) and ``audience``
+    (the ``aud`` it must carry) — instead of a secret or a key of its own."""
+    if not isinstance(value, list) or not 1 <= len(value) <= 20:
+        raise _bad("federated_credentials must be an array of 1 to 20 credentials")
+    out = []
+    for cred in value:
+        if not isinstance(cred, dict) or set(cred) != {"issuer", "subject", "audience"}:
+            raise _bad("each federated credential has exactly issuer, subject and audience")
+        if not all(isinstance(v, str) and 0 < len(v) <= 512 for v in cred.values()):
+            raise _bad("federated credential issuer, subject and audience are non-empty strings")
+        out.append({"issuer": cred["issuer"], "subject": cred["subject"], "audience": cred["audience"]})
+    return out
 
 
 def new_client(

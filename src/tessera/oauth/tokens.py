@@ -26,7 +26,15 @@ from tessera.oauth.keys import KeyRing, SigningKey
 from tessera.oauth.randomness import random_id
 from tessera.oauth.status_entries import StatusEntry
 
-__all__ = ["AccessToken", "IssuedToken", "NotOurToken", "mint_access_token", "new_jti", "read_access_token"]
+__all__ = [
+    "AccessToken",
+    "IssuedToken",
+    "NotOurToken",
+    "mint_access_token",
+    "mint_identity_token",
+    "new_jti",
+    "read_access_token",
+]
 
 MAX_TOKEN_BYTES = 8192
 
@@ -106,6 +114,50 @@ def mint_access_token(
         exp=now + lifetime,
         status_list=status.list_id if status else None,
         status_idx=status.idx if status else None,
+    )
+    return AccessToken(value, record, claims)
+
+
+def mint_identity_token(
+    *,
+    key: SigningKey,
+    issuer: str,
+    client_id: str,
+    sub: str,
+    aud: str,
+    now: int,
+    lifetime: int,
+    grant_type: str,
+    extra: dict[str, Any] | None = None,
+) -> AccessToken:
+    """A token for an outside audience (a cloud STS, a partner API) that trusts Tessera as an OpenID
+    issuer: ``typ: JWT``, one audience, minimal claims (``iss``, ``sub``, ``aud``, ``iat``, ``nbf``,
+    ``exp``, ``jti``, and ``act`` for a delegation). Never accepted back by Tessera itself: it is not
+    an RFC 9068 access token."""
+    jti = new_jti()
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": sub,
+        "aud": aud,
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "jti": jti,
+    }
+    if extra:
+        claims.update(extra)
+    header = {"alg": key.alg, "typ": "JWT", "kid": key.kid}
+    value = sign_compact(header, claims, key.private)
+    record = IssuedToken(
+        jti=jti,
+        client_id=client_id,
+        sub=sub,
+        aud=[aud],
+        scope="",
+        kid=key.kid,
+        grant_type=grant_type,
+        iat=now,
+        exp=now + lifetime,
     )
     return AccessToken(value, record, claims)
 

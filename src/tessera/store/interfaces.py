@@ -6,6 +6,7 @@ SQLite and a real PostgreSQL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ class ClientWriter(Protocol):
 
 
 class IssuanceRecorder(Protocol):
-    async def record_issuance(self, token: IssuedToken, assertion: AssertionUse | None, event: AuditEvent) -> None:
+    async def record_issuance(
+        self, token: IssuedToken, assertion: AssertionUse | Sequence[AssertionUse] | None, event: AuditEvent
+    ) -> None:
         """Atomically consume the assertion's jti (raise AssertionReplayed if it was used), store the
         token record and append the audit event. Returns only once all of it is committed."""
         ...

@@ -103,6 +103,10 @@ class TrustStore:
     bundle_exp: float | None = None
     _retry_wait: dict[str, float] = field(default_factory=dict)
     _retry_at: dict[str, float] = field(default_factory=dict)
+    #: where the issuer's metadata lives (RFC 8414 §3; OpenID issuers use openid-configuration)
+    metadata_path: str = "/.well-known/oauth-authorization-server"
+    #: the JWK ``use`` the keys must have: "sig", or "jwt-svid" for a SPIFFE trust bundle
+    key_use: str = "sig"
 
     # -- documents ------------------------------------------------------------------------------------
     @staticmethod
@@ -121,7 +125,7 @@ class TrustStore:
         return min(max(ttl, self.policy.keys_min_ttl), max(self.policy.keys_ttl, self.policy.keys_min_ttl) * 12)
 
     def _metadata_url(self) -> str:
-        return self.issuer + "/.well-known/oauth-authorization-server"
+        return self.issuer + self.metadata_path
 
     def _jwks_from_metadata(self, meta: Any) -> str:
         # RFC 8414 §3.3: the issuer in the metadata MUST be identical to the issuer we asked for.
@@ -137,6 +141,11 @@ class TrustStore:
             raise TrustDataStale("the JWKS is not a JWK Set")
         keys = []
         for jwk in jwks["keys"][:100]:
+            if isinstance(jwk, dict) and self.key_use != "sig":
+                # SPIFFE bundles: only keys for JWT-SVIDs (not the X.509 authorities) verify tokens.
+                if jwk.get("use") != self.key_use:
+                    continue
+                jwk = {k: v for k, v in jwk.items() if k != "use"}
             if isinstance(jwk, dict):
                 try:
                     keys.append(public_key_from_jwk(jwk))

@@ -62,6 +62,11 @@ def _only_narrows(client: Client, new: dict[str, Any]) -> None:
         and new.get("access_token_lifetime", old["access_token_lifetime"] + 1) > old["access_token_lifetime"]
     ):
         widened.append("access_token_lifetime")
+    for flag in ("may_delegate", "may_impersonate"):
+        if new.get(flag) and not old.get(flag):
+            widened.append(flag)
+    if new.get("federated_credentials") and new["federated_credentials"] != old.get("federated_credentials"):
+        widened.append("federated_credentials")
     if widened:
         raise InvalidClientMetadata(
             f"a client cannot widen its own registration ({', '.join(widened)}); ask an operator"

@@ -2,7 +2,10 @@
 
 Order of checks: grant_type present and registered (``unsupported_grant_type``) → client
 authentication (``invalid_client``) → the client may use this grant (``unauthorized_client``) →
-the grant's own checks. Every refusal after the body was parsed is an audit record.
+the DPoP proof, if any (``invalid_dpop_proof``, ``use_dpop_nonce``; RFC 9449 §5, §8) → the grant's own
+checks. Grants whose own credential suffices (token exchange, JWT bearer) may be
+called anonymously; a caller that presents client credentials is still authenticated. Every
+refusal after the body was parsed is an audit record.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tessera.audit import AuditEvent
-from tessera.oauth.client_auth import ClientAuthenticator
+from tessera.oauth.client_auth import AuthenticatedClient, ClientAuthenticator
+from tessera.oauth.dpop import DPoPChecker
 from tessera.oauth.errors import (
     InvalidClient,
     InvalidRequest,
@@ -29,17 +33,41 @@ __all__ = ["TokenEndpoint"]
 log = logging.getLogger("tessera.token")
 
 
+def _has_client_credentials(headers: Mapping[str, str], form: Form) -> bool:
+    """Whether the caller identified itself as a client at all (RFC 8693 §2.1 and RFC 7523 §2.1 let
+    the grant itself be the only credential: such callers are anonymous)."""
+    return (
+        "authorization" in headers
+        or "client_id" in form
+        or "client_secret" in form
+        or "client_assertion" in form
+        or "client_assertion_type" in form
+    )
+
+
 class TokenEndpoint:
-    def __init__(self, grants: Sequence[Grant], authenticator: ClientAuthenticator, audit: AuditSink) -> None:
+    def __init__(
+        self,
+        grants: Sequence[Grant],
+        authenticator: ClientAuthenticator,
+        audit: AuditSink,
+        *,
+        dpop: DPoPChecker | None = None,
+    ) -> None:
         self._grants = {g.grant_type: g for g in grants}
         if len(self._grants) != len(grants):
             raise ValueError("two grant handlers claim the same grant_type")
         self._authenticator = authenticator
         self._audit = audit
+        self._dpop = dpop
 
     @property
     def grant_types(self) -> list[str]:
         return list(self._grants)
+
+    def dpop_nonce(self) -> str | None:
+        """A fresh DPoP nonce for the ``DPoP-Nonce`` response header, when server nonces are on (RFC 9449 §8)."""
+        return self._dpop.new_nonce() if self._dpop is not None else None
 
     async def handle(self, headers: Mapping[str, str], form: Form) -> dict[str, Any]:
         client_id: str | None = None
@@ -50,13 +78,22 @@ class TokenEndpoint:
             grant = self._grants.get(grant_type)
             if grant is None:
                 raise UnsupportedGrantType(f"grant_type {grant_type[:80]!r} is not supported")
-            authn = await self._authenticator.authenticate(headers, form)
-            client_id = authn.client.client_id
-            if grant.requires_authentication and authn.method == "none":
-                raise InvalidClient("this grant requires client authentication", client_id=client_id)
-            if grant_type not in authn.client.grant_types:
-                raise UnauthorizedClient(f"the client is not registered for {grant_type}", client_id=client_id)
-            response = await grant.respond(TokenRequest(form=form, client=authn, headers=dict(headers)))
+            authn: AuthenticatedClient | None = None
+            if grant.requires_authentication or _has_client_credentials(headers, form):
+                authn = await self._authenticator.authenticate(headers, form)
+                client_id = authn.client.client_id
+                if grant.requires_authentication and authn.method == "none":
+                    raise InvalidClient("this grant requires client authentication", client_id=client_id)
+                if grant_type not in authn.client.grant_types:
+                    raise UnauthorizedClient(f"the client is not registered for {grant_type}", client_id=client_id)
+            # RFC 9449 §5: a token request with a DPoP proof gets a token bound to the proof's key.
+            proof = headers.get("dpop")
+            dpop_jkt = None
+            if proof is not None and self._dpop is not None:
+                dpop_jkt = await self._dpop.check(proof, client_id=client_id)
+            response = await grant.respond(
+                TokenRequest(form=form, client=authn, headers=dict(headers), dpop_jkt=dpop_jkt)
+            )
         except OAuthError as e:
             await self._refused(e, grant_type, e.client_id or client_id)
             raise

@@ -14,7 +14,8 @@ __all__ = ["Grant", "TokenRequest", "TokenResponse"]
 @dataclass(frozen=True)
 class TokenRequest:
     form: Form
-    client: AuthenticatedClient
+    #: None for an anonymous caller of a grant that does not require client authentication
+    client: AuthenticatedClient | None
     headers: dict[str, str] = field(default_factory=dict)
     #: RFC 9449: the JWK thumbprint of a verified DPoP proof; the token is bound to it (``cnf.jkt``).
     dpop_jkt: str | None = None

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from tessera.audit import AuditEvent
-from tessera.oauth.client_auth import AuthenticatedClient
 from tessera.oauth.clients import Client, check_resource_uri, parse_scope
 from tessera.oauth.errors import InvalidClient, InvalidScope, InvalidTarget
 from tessera.oauth.grants import TokenRequest, TokenResponse
@@ -81,7 +80,8 @@ class ClientCredentialsGrant:
         self._status_min_lifetime = status_min_lifetime
 
     async def respond(self, request: TokenRequest) -> TokenResponse:
-        authn: AuthenticatedClient = request.client
+        authn = request.client
+        assert authn is not None  # requires_authentication
         client = authn.client
         scope = resolve_scope(client, request.form.get("scope"))
         aud = resolve_audience(client, request.form.getlist("resource"), self._default_audience)
@@ -123,7 +123,11 @@ class ClientCredentialsGrant:
             # RFC 7523 §3 (7): a jti seen before means the assertion is replayed.
             raise InvalidClient("client_assertion was already used (jti replay)", client_id=client.client_id) from None
         # RFC 9449 §5: a DPoP-bound token's token_type is "DPoP".
-        body = {"access_token": token.value, "token_type": "DPoP" if request.dpop_jkt else "Bearer", "expires_in": lifetime}
+        body = {
+            "access_token": token.value,
+            "token_type": "DPoP" if request.dpop_jkt else "Bearer",
+            "expires_in": lifetime,
+        }
         if scope:
             body["scope"] = " ".join(scope)
         return TokenResponse(body)

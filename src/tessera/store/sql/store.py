@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -152,7 +152,9 @@ class SqlStore:
         return gone
 
     # -- issuance (IssuanceRecorder, AuditSink) --------------------------------------------------------
-    async def record_issuance(self, token: IssuedToken, assertion: AssertionUse | None, event: AuditEvent) -> None:
+    async def record_issuance(
+        self, token: IssuedToken, assertion: AssertionUse | Sequence[AssertionUse] | None, event: AuditEvent
+    ) -> None:
         await self.writer.submit_issuance(token, assertion, event)
 
     async def audit(self, event: AuditEvent) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -46,7 +46,8 @@ class _Item:
     future: asyncio.Future[Any]
     work: Callable[[sa.Connection], tuple[Any, list[AuditEvent]]] | None = None
     token: IssuedToken | None = None
-    assertion: AssertionUse | None = None
+    #: jtis consumed with the issuance: the client assertion's and any single-use external token's
+    assertions: tuple[AssertionUse, ...] = ()
     events: list[AuditEvent] | None = None
 
 
@@ -121,9 +122,12 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         await self._put(_Item(loop, loop.create_future(), events=events))
 
-    async def submit_issuance(self, token: IssuedToken, assertion: AssertionUse | None, event: AuditEvent) -> None:
+    async def submit_issuance(
+        self, token: IssuedToken, assertion: AssertionUse | Sequence[AssertionUse] | None, event: AuditEvent
+    ) -> None:
         loop = asyncio.get_running_loop()
-        await self._put(_Item(loop, loop.create_future(), token=token, assertion=assertion, events=[event]))
+        uses = () if assertion is None else (assertion,) if isinstance(assertion, AssertionUse) else tuple(assertion)
+        await self._put(_Item(loop, loop.create_future(), token=token, assertions=uses, events=[event]))
 
     def _run(self) -> None:
         while True:
@@ -178,17 +182,17 @@ class GroupCommitWriter:
                     outcomes[i] = (False, e)
             issuing = [i for i, item in enumerate(batch) if item.token is not None]
             if issuing:
-                uses = [batch[i].assertion for i in issuing if batch[i].assertion is not None]
-                fresh = repo.consume_assertions(conn, [u for u in uses if u is not None]) if uses else set()
+                uses = [u for i in issuing for u in batch[i].assertions]
+                fresh = repo.consume_assertions(conn, uses) if uses else set()
                 tokens = []
                 for i in issuing:
-                    use = batch[i].assertion
-                    if use is not None:
-                        key = (use.client_id, use.jti)
-                        if key not in fresh:
-                            outcomes[i] = (False, AssertionReplayed(use.jti))
-                            continue
-                        fresh.discard(key)  # a second use of the same jti within this batch is a replay too
+                    keys = [(use.client_id, use.jti) for use in batch[i].assertions]
+                    replayed = [k for k in keys if k not in fresh]
+                    if replayed or len(set(keys)) != len(keys):
+                        jti = replayed[0][1] if replayed else keys[0][1]
+                        outcomes[i] = (False, AssertionReplayed(jti))
+                        continue
+                    fresh.difference_update(keys)  # a second use of the same jti within this batch is a replay too
                     tokens.append(batch[i].token)
                 repo.insert_tokens(conn, [t for t in tokens if t is not None])
             events = [ev for (ok, _), item in zip(outcomes, batch, strict=True) if ok for ev in (item.events or [])]

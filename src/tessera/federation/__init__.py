@@ -1,0 +1,1 @@
+"""Identity federation: trusted external issuers, CEL mapping and conditions, principal bindings."""
