@@ -14,6 +14,7 @@ from typing import Any
 
 from tessera.audit import AuditEvent
 from tessera.clock import Clock, SystemClock
+from tessera.federation.config import FederationConfigError, TrustedIssuer, parse_trusted_issuers
 from tessera.oauth.bundle import build_bundle
 from tessera.oauth.clients import SECRET_METHODS, Client, ClientPolicy, hash_secret, validate_metadata
 from tessera.oauth.endpoints.discovery import metadata
@@ -26,7 +27,18 @@ from tessera.settings import Settings, SettingsError
 from tessera.store.sql import repo
 from tessera.store.sql.store import SqlStore
 
-__all__ = ["SUPPORTED_GRANTS", "Runtime", "client_policy", "export_bundle", "open_runtime", "server_metadata"]
+__all__ = [
+    "SUPPORTED_GRANTS",
+    "Runtime",
+    "check_trusted_issuers",
+    "client_policy",
+    "delete_trusted_issuer",
+    "export_bundle",
+    "load_trusted_issuers",
+    "open_runtime",
+    "put_trusted_issuer",
+    "server_metadata",
+]
 
 log = logging.getLogger("tessera")
 SUPPORTED_GRANTS = (
@@ -151,6 +163,92 @@ def sync_declared_clients(settings: Settings, store: SqlStore) -> None:
         repo.append_audit(conn, events, store.now_ms())
 
 
+def sync_declared_issuers(settings: Settings, store: SqlStore) -> None:
+    """Trusted issuers of the config file into the store (source "config"); the admin API and CLI
+    manage the others. A name used by an operator-added issuer cannot be declared."""
+    declared = {raw["name"]: raw for raw in settings.trusted_issuers}
+    now = int(store.clock.now())
+    with store.transaction() as conn:
+        repo.serialize(conn, "declared-issuers")
+        existing = {i.name: i for i in repo.list_trusted_issuers(conn)}
+        events: list[AuditEvent] = []
+        for name, raw in declared.items():
+            have = existing.get(name)
+            if have is not None and have.source != "config":
+                raise SettingsError(f"trusted_issuers.{name}: an issuer with this name was added by an operator")
+            if have is None or have.config != raw:
+                repo.put_trusted_issuer(conn, name, raw, "config", now)
+                kind = "issuer.declared" if have is None else "issuer.updated"
+                events.append(AuditEvent(kind, actor="config", subject=name, data={"config": raw}))
+        for name, have in existing.items():
+            if have.source == "config" and name not in declared:
+                repo.delete_trusted_issuer(conn, name)
+                events.append(AuditEvent("issuer.deleted", actor="config", subject=name, data={"via": "config"}))
+        try:
+            check_trusted_issuers(settings, [i.config for i in repo.list_trusted_issuers(conn)])
+        except FederationConfigError as e:
+            raise SettingsError(str(e)) from None
+        repo.append_audit(conn, events, store.now_ms())
+
+
+def check_trusted_issuers(settings: Settings, configs: list[dict[str, Any]]) -> dict[str, TrustedIssuer]:
+    """Parse a complete set of trust configurations (names and issuers unique across all of them)."""
+    return parse_trusted_issuers(
+        configs,
+        own_issuer=settings.issuer,
+        max_lifetime=settings.access_token_lifetime,
+        leeway=settings.leeway,
+        allow_http=settings.dev_mode,
+    )
+
+
+def put_trusted_issuer(runtime: Runtime, name: str, config: dict[str, Any], actor: str) -> bool:
+    """Add or replace an operator-managed trusted issuer (admin API, CLI); True if created.
+
+    ``FederationConfigError`` names what is wrong; ``PermissionError`` if the config file declares it."""
+    settings, store = runtime.settings, runtime.store
+    config = {**config, "name": name}
+    now = int(runtime.clock.now())
+    with store.transaction() as conn:
+        repo.serialize(conn, "declared-issuers")
+        existing = {i.name: i for i in repo.list_trusted_issuers(conn)}
+        if name in existing and existing[name].source == "config":
+            raise PermissionError("this issuer is declared in the config file; change it there")
+        others = [i.config for n, i in existing.items() if n != name]
+        check_trusted_issuers(settings, [*others, config])
+        created = repo.put_trusted_issuer(conn, name, config, "admin", now)
+        kind = "issuer.created" if created else "issuer.updated"
+        repo.append_audit(conn, [AuditEvent(kind, actor=actor, subject=name, data={"config": config})], store.now_ms())
+    return created
+
+
+def delete_trusted_issuer(runtime: Runtime, name: str, actor: str) -> bool:
+    store = runtime.store
+    with store.transaction() as conn:
+        repo.serialize(conn, "declared-issuers")
+        existing = {i.name: i for i in repo.list_trusted_issuers(conn)}
+        if name not in existing:
+            return False
+        if existing[name].source == "config":
+            raise PermissionError("this issuer is declared in the config file; remove it there")
+        repo.delete_trusted_issuer(conn, name)
+        event = AuditEvent("issuer.deleted", actor=actor, subject=name, data={"via": "admin"})
+        repo.append_audit(conn, [event], store.now_ms())
+    return True
+
+
+def load_trusted_issuers(settings: Settings, store: SqlStore) -> list[TrustedIssuer]:
+    """Every stored trust configuration that still parses under the current settings; one that does
+    not (say dev_mode was turned off under an http:// issuer) is left out — refused, never half-used."""
+    out: list[TrustedIssuer] = []
+    for stored in store.read(repo.list_trusted_issuers):
+        try:
+            out.extend(check_trusted_issuers(settings, [stored.config]).values())
+        except FederationConfigError as e:
+            log.error("trusted issuer %s is not used: %s", stored.name, e)
+    return out
+
+
 def open_runtime(
     settings: Settings, clock: Clock | None = None, *, migrate: bool = True, bootstrap: bool = True
 ) -> Runtime:
@@ -165,6 +263,7 @@ def open_runtime(
         if bootstrap:
             store.bootstrap_keys(settings.signing_algs, kek)
             sync_declared_clients(settings, store)
+            sync_declared_issuers(settings, store)
     except Exception:
         store.close()
         raise

@@ -91,19 +91,42 @@ class IssuerRegistry:
         unknown_kid_cooldown: float = 30.0,
     ) -> None:
         self._now = now
+        self._stores: dict[str, TrustStore] = {}
         self._by_issuer: dict[str, TrustedIssuer] = {}
         self._by_domain: dict[str, TrustedIssuer] = {}
-        self._stores: dict[str, TrustStore] = {}
         self._transport = transport
         self._policy = (keys_ttl, keys_max_stale, unknown_kid_cooldown)
-        for t in issuers:
-            self._by_issuer[t.issuer] = t
-            if t.trust_domain:
-                self._by_domain[t.trust_domain] = t
+        self.replace(issuers)
 
     @property
     def issuers(self) -> list[TrustedIssuer]:
         return list(self._by_issuer.values())
+
+    def replace(self, issuers: Iterable[TrustedIssuer]) -> None:
+        """Install a new set of trust configurations (an operator changed them). Key caches of the
+        configurations that did not change are kept; the others start empty."""
+        by_issuer: dict[str, TrustedIssuer] = {}
+        by_domain: dict[str, TrustedIssuer] = {}
+        for t in issuers:
+            by_issuer[t.issuer] = t
+            if t.trust_domain:
+                by_domain[t.trust_domain] = t
+        keep = {t.name for t in by_issuer.values() if self._current(t.name) == t.raw}
+        for name in [n for n in self._stores if n not in keep]:
+            self._stores.pop(name)  # its httpx client is closed by the garbage collector
+        self._by_issuer, self._by_domain = by_issuer, by_domain
+
+    def _current(self, name: str) -> dict[str, Any] | None:
+        for t in self._by_issuer.values():
+            if t.name == name:
+                return t.raw
+        return None
+
+    def get(self, name: str) -> TrustedIssuer | None:
+        for t in self._by_issuer.values():
+            if t.name == name:
+                return t
+        return None
 
     def _store(self, t: TrustedIssuer) -> TrustStore:
         store = self._stores.get(t.name)

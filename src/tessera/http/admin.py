@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +19,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tessera.audit import AuditEvent
+from tessera.federation.config import FederationConfigError
+from tessera.federation.validator import FederationRefused, IssuerRegistry
 from tessera.oauth.clients import Client, generate_secret, hash_secret, new_client, validate_metadata
 from tessera.oauth.errors import OAuthError
 from tessera.oauth.keys import TooManyKeys
 from tessera.oauth.revocation import selector_from_request
-from tessera.runtime import Runtime, client_policy
+from tessera.runtime import Runtime, client_policy, delete_trusted_issuer, put_trusted_issuer
 from tessera.store.sql import repo
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ def admin_app(
     runtime: Runtime,
     keys: KeyService,
     invalidate_status_lists: Callable[[Iterable[int | None] | None], None] = lambda _: None,
+    *,
+    federation: IssuerRegistry | None = None,
+    issuers_changed: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """``invalidate_status_lists`` is told which status lists a revocation changed (None: all of them)."""
     settings, store = runtime.settings, runtime.store
@@ -45,7 +50,7 @@ def admin_app(
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
-        description="Clients, signing keys, token revocation and the audit log. Bearer admin token.",
+        description="Clients, trusted issuers, signing keys, token revocation and the audit log. Bearer admin token.",
     )
 
     bearer = HTTPBearer(auto_error=False, scheme_name="adminToken", description="TESSERA_ADMIN_TOKEN")
@@ -179,6 +184,92 @@ def admin_app(
         )
         store.forget_client(client_id)
         return {"client_id": client_id, "client_secret": secret}
+
+    # -- trusted issuers (identity federation) -------------------------------------------------------
+    def _issuer_view(stored: repo.StoredIssuer) -> dict[str, Any]:
+        return {
+            "name": stored.name,
+            "source": stored.source,
+            "config": stored.config,
+            "created_at": stored.created_at,
+            "updated_at": stored.updated_at,
+        }
+
+    def _stored_issuer(name: str) -> repo.StoredIssuer:
+        found = [i for i in store.read(repo.list_trusted_issuers) if i.name == name]
+        if not found:
+            raise HTTPException(404, "no such trusted issuer")
+        return found[0]
+
+    async def _changed() -> None:
+        if issuers_changed is not None:
+            await issuers_changed()
+
+    @app.get("/issuers", summary="List trusted issuers (identity federation)")
+    def list_issuers(_: str = Depends(admin)) -> list[dict[str, Any]]:
+        return [_issuer_view(i) for i in store.read(repo.list_trusted_issuers)]
+
+    @app.get("/issuers/{name}", summary="Read a trusted issuer")
+    def read_issuer(name: str, _: str = Depends(admin)) -> dict[str, Any]:
+        return _issuer_view(_stored_issuer(name))
+
+    @app.put("/issuers/{name}", summary="Add or replace a trusted issuer (validated; CEL compiled)")
+    async def put_issuer(
+        name: str, response: Response, config: dict[str, Any] = Body(...), actor: str = Depends(admin)
+    ) -> dict[str, Any]:
+        if "name" in config and config["name"] != name:
+            raise HTTPException(400, "the name in the body differs from the one in the path")
+        try:
+            created = await asyncio.to_thread(put_trusted_issuer, runtime, name, config, actor)
+        except FederationConfigError as e:
+            raise HTTPException(400, str(e)) from None
+        except PermissionError as e:
+            raise HTTPException(409, str(e)) from None
+        await _changed()
+        response.status_code = 201 if created else 200
+        return _issuer_view(_stored_issuer(name))
+
+    @app.delete("/issuers/{name}", status_code=204, summary="Stop trusting an issuer")
+    async def delete_issuer(name: str, actor: str = Depends(admin)) -> Response:
+        try:
+            gone = await asyncio.to_thread(delete_trusted_issuer, runtime, name, actor)
+        except PermissionError as e:
+            raise HTTPException(409, str(e)) from None
+        if not gone:
+            raise HTTPException(404, "no such trusted issuer")
+        await _changed()
+        return Response(status_code=204)
+
+    @app.post(
+        "/issuers/{name}/check",
+        summary="Dry run: would this external token be accepted, and as whom? Consumes nothing, issues nothing",
+    )
+    async def check_issuer_token(name: str, body: dict[str, Any] = Body(...), _: str = Depends(admin)) -> Any:
+        token = body.get("token")
+        if not isinstance(token, str):
+            raise HTTPException(400, "token (a JWT string) is required")
+        if federation is None or federation.get(name) is None:
+            raise HTTPException(404, "no such trusted issuer in use")
+        try:
+            identity = await federation.validate(token)
+        except FederationRefused as e:
+            return {"accepted": False, "reason": str(e), "trust": e.trust}
+        if identity.trust.name != name:
+            return {"accepted": False, "reason": f"the token belongs to trusted issuer {identity.trust.name}"}
+        b = identity.binding
+        return {
+            "accepted": True,
+            "principal": identity.principal,
+            "subject": identity.subject,
+            "attributes": identity.attributes,
+            "binding": {
+                "audiences": list(b.audiences),
+                "scopes": list(b.scopes),
+                "max_lifetime": b.max_lifetime,
+                "may_delegate": b.may_delegate,
+                "may_impersonate": b.may_impersonate,
+            },
+        }
 
     @app.get("/keys", summary="List signing keys and their lifecycle state")
     def list_keys(_: str = Depends(admin)) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,15 +29,18 @@ from tessera.store.sql.tables import (
     signing_keys,
     status_lists,
     status_segments,
+    trusted_issuers,
 )
 
 __all__ = [
+    "StoredIssuer",
     "append_audit",
     "audit_head_row",
     "claim_status_segment",
     "consume_assertion",
     "consume_assertions",
     "delete_client",
+    "delete_trusted_issuer",
     "get_client",
     "get_status_list",
     "get_token",
@@ -46,10 +50,12 @@ __all__ = [
     "insert_tokens",
     "iter_audit",
     "list_clients",
+    "list_trusted_issuers",
     "live_status_lists",
     "load_keys",
     "lock_keys",
     "purge_expired",
+    "put_trusted_issuer",
     "revoke_tokens",
     "serialize",
     "update_client",
@@ -413,3 +419,39 @@ def iter_audit(
             yield _record(row)
         seen += len(rows)
         after = int(rows[-1].seq)
+
+
+# -- trusted issuers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredIssuer:
+    name: str
+    config: dict[str, Any]
+    source: str
+    created_at: int
+    updated_at: int
+
+
+def list_trusted_issuers(conn: sa.Connection) -> list[StoredIssuer]:
+    rows = conn.execute(sa.select(trusted_issuers).order_by(trusted_issuers.c.name))
+    return [StoredIssuer(r.name, dict(r.config), r.source, r.created_at, r.updated_at) for r in rows]
+
+
+def put_trusted_issuer(conn: sa.Connection, name: str, config: dict[str, Any], source: str, now: int) -> bool:
+    """Insert or replace; True if it was created."""
+    res = conn.execute(
+        sa.update(trusted_issuers)
+        .where(trusted_issuers.c.name == name)
+        .values(config=config, source=source, updated_at=now)
+    )
+    if res.rowcount == 1:
+        return False
+    conn.execute(
+        sa.insert(trusted_issuers).values(name=name, config=config, source=source, created_at=now, updated_at=now)
+    )
+    return True
+
+
+def delete_trusted_issuer(conn: sa.Connection, name: str) -> bool:
+    return conn.execute(sa.delete(trusted_issuers).where(trusted_issuers.c.name == name)).rowcount == 1

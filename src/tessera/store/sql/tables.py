@@ -15,6 +15,7 @@ __all__ = [
     "signing_keys",
     "status_lists",
     "status_segments",
+    "trusted_issuers",
 ]
 
 metadata = sa.MetaData()
@@ -120,4 +121,16 @@ audit_head = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# Identity federation: one trust configuration per external issuer (``tessera.federation.config``),
+# declared in the config file (source "config") or through the admin API / CLI (source "admin").
+trusted_issuers = sa.Table(
+    "trusted_issuers",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
