@@ -3,8 +3,8 @@
 "A relying party installs only the SDK (pip install of the package without server extras) in a fresh
 virtual environment and verifies tokens": one fresh venv per test session, ``pip install`` of this
 repository *without* ``[server]``; inside it, none of the server's dependencies is importable, yet
-``tessera.verify`` verifies a token (keys served through ``httpx.MockTransport``) and the ``tessera verify``
-command works.
+``tessera.verify`` verifies a token (keys served through ``httpx.MockTransport``), ``tessera.client`` obtains one,
+and the ``tessera verify`` and ``tessera token`` commands work.
 
 The package is installed from a copy of the repository's build inputs (``pyproject.toml``, ``README.md``,
 ``src/``) so pip's in-tree build leaves no ``build/`` or ``*.egg-info`` behind in the working tree.
@@ -120,6 +120,17 @@ def test_server_dependencies_are_absent_and_the_sdk_verifies(sdk: SdkVenv) -> No
         else:
             raise AssertionError("bearer_dependency worked without Starlette")
 
+        # the workload client SDK too: a token from a token endpoint (served through httpx.MockTransport)
+        from tessera.client import ClientSecret, TokenSource
+
+        def token_endpoint(request):
+            assert request.headers["authorization"].startswith("Basic ")
+            return httpx.Response(200, json={"access_token": "at", "token_type": "Bearer", "expires_in": 300})
+
+        source = TokenSource(issuer, ClientSecret("svc", "s3cret"), token_endpoint=issuer + "/oauth/token",
+                             transport=httpx.MockTransport(token_endpoint))
+        assert source.token() == "at"
+
         leaked = sorted(m for m in sys.modules
                         if m.split(".")[0] in server_only
                         or m.startswith(("tessera.oauth", "tessera.store", "tessera.http", "tessera.audit",
@@ -175,6 +186,27 @@ def test_cli_verify_refuses_with_a_reason_in_the_sdk_install(sdk: SdkVenv) -> No
     )
     assert unreachable.returncode == 1, unreachable.stderr
     assert json.loads(unreachable.stdout)["reason"] == "trust_data_stale"
+
+
+def test_cli_token_works_in_the_sdk_install(sdk: SdkVenv) -> None:
+    r = sdk.run(sdk.tessera, "token", "--help")
+    assert r.returncode == 0 and "--assertion-file" in r.stdout, r.stdout + r.stderr
+    sdk.env["TOKEN_SECRET"] = "s3cret"
+    try:
+        unreachable = sdk.run(
+            sdk.tessera,
+            "token",
+            "--issuer",
+            f"http://127.0.0.1:{free_port()}",
+            "--client-id",
+            "svc",
+            "--secret-env",
+            "TOKEN_SECRET",
+        )
+    finally:
+        del sdk.env["TOKEN_SECRET"]
+    assert unreachable.returncode == 1 and unreachable.stdout == "", unreachable.stdout + unreachable.stderr
+    assert unreachable.stderr.startswith("tessera: unreachable") and "Traceback" not in unreachable.stderr
 
 
 def test_server_commands_say_the_server_is_not_installed(sdk: SdkVenv) -> None:

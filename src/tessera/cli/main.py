@@ -13,7 +13,9 @@ import click
 from tessera.cli.audit import audit
 from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
+from tessera.cli.issuers import issuers
 from tessera.cli.keys import keys
+from tessera.cli.token import token
 from tessera.cli.tokens import bundle, tokens
 from tessera.cli.verify import verify_token
 
@@ -111,5 +113,5 @@ def db_upgrade() -> None:
 
 # -- clients -------------------------------------------------------------------------------------------
 
-for command in (clients, keys, tokens, bundle, audit, verify_token):
+for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token):
     main.add_command(command)
