@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tessera.federation.cel import MAX_EXPRESSION_CHARS, CelError, compile_expression, to_cel
+from tessera.federation.cel import MAX_EXPRESSION_CHARS, CelError, compile_expression
 from tessera.federation.config import FederationConfigError, parse_trusted_issuer, parse_trusted_issuers
 from tessera.settings import SettingsError, load_settings
 
@@ -147,7 +147,7 @@ CLAIMS = {
 
 
 def evaluate(source: str) -> Any:
-    return compile_expression(source).evaluate({"assertion": to_cel(CLAIMS)})
+    return compile_expression(source).evaluate({"assertion": CLAIMS})
 
 
 def test_cel_maps_claims_to_plain_values() -> None:
@@ -177,7 +177,7 @@ def test_cel_evaluation_errors_are_errors(source: str) -> None:
 
 def test_cel_condition_must_be_boolean() -> None:
     with pytest.raises(CelError, match="not a boolean"):
-        compile_expression("assertion.sub").evaluate_bool({"assertion": to_cel(CLAIMS)})
+        compile_expression("assertion.sub").evaluate_bool({"assertion": CLAIMS})
     assert compile_expression("true").evaluate_bool({}) is True
 
 
@@ -186,4 +186,4 @@ def test_cel_caps() -> None:
         compile_expression("a" * (MAX_EXPRESSION_CHARS + 1))
     big = {"sub": "x" * 3000}
     with pytest.raises(CelError, match="larger than"):
-        compile_expression("assertion.sub").evaluate({"assertion": to_cel(big)})
+        compile_expression("assertion.sub").evaluate({"assertion": big})

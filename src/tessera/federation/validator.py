@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from tessera.federation.cel import CelError, to_cel
+from tessera.federation.cel import CelError
 from tessera.federation.config import Binding, TrustedIssuer
 from tessera.verify.errors import VerificationError
 from tessera.verify.jws import parse_compact, verify_signature
@@ -254,7 +254,7 @@ class IssuerRegistry:
 
     @staticmethod
     def _map(t: TrustedIssuer, claims: dict[str, Any]) -> ExternalIdentity:
-        activation: dict[str, Any] = {"assertion": to_cel(claims)}
+        activation: dict[str, Any] = {"assertion": claims}
         try:
             if t.condition is not None and not t.condition.evaluate_bool(activation):
                 raise FederationRefused("the trust configuration's condition does not hold", trust=t.name)
@@ -264,8 +264,8 @@ class IssuerRegistry:
             raise FederationRefused(f"attribute mapping failed: {e}", trust=t.name) from None
         if not isinstance(subject, str) or not subject or len(subject) > 256 or not subject.isprintable():
             raise FederationRefused("the mapped subject must be a printable string of 1..256 characters", trust=t.name)
-        activation["subject"] = to_cel(subject)
-        activation["attributes"] = to_cel(attributes)
+        activation["subject"] = subject
+        activation["attributes"] = attributes
         for binding in t.bindings:
             try:
                 if binding.when is None or binding.when.evaluate_bool(activation):

@@ -31,7 +31,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from tessera.federation.cel import CelError, to_cel
+from tessera.federation.cel import CelError
 from tessera.federation.validator import FederationRefused, IssuerRegistry
 from tessera.oauth.clients import ASSERTION_ALGS, SECRET_METHODS, Client, secret_matches
 from tessera.oauth.errors import InvalidClient, InvalidRequest
@@ -267,7 +267,7 @@ class ClientAuthenticator:
             raise InvalidClient("the assertion matches none of the client's federated credentials", client_id=client_id)
         if trust.condition is not None:
             try:
-                if not trust.condition.evaluate_bool({"assertion": to_cel(claims)}):
+                if not trust.condition.evaluate_bool({"assertion": claims}):
                     raise InvalidClient("the trust configuration's condition does not hold", client_id=client_id)
             except CelError:
                 raise InvalidClient("the trust configuration's condition failed", client_id=client_id) from None
