@@ -187,3 +187,39 @@ def test_cel_caps() -> None:
     big = {"sub": "x" * 3000}
     with pytest.raises(CelError, match="larger than"):
         compile_expression("assertion.sub").evaluate({"assertion": big})
+
+
+@pytest.mark.parametrize(
+    ("sources", "expected"),
+    [
+        (["assertion.sub"], {"sub"}),
+        (["assertion['kubernetes.io'].namespace == 'prod'", "assertion.sub.startsWith('x')"], {"kubernetes.io", "sub"}),
+        (["has(assertion.x) ? assertion.x : 'd'"], {"x"}),
+        (["assertion . ref"], {"ref"}),
+        (["assertion.exists(k, k == 'a')"], None),  # a macro over the map reads every key
+        (["assertion.exists_one(k, true)"], None),
+        (["size(assertion)"], None),
+        (["'assertion' + assertion.sub"], None),  # the word inside a literal: not sure, so everything
+        (["assertion[attributes.key]"], None),
+    ],
+)
+def test_claims_given_to_cel_are_those_the_expressions_can_read(sources, expected) -> None:
+    from tessera.federation.cel import claims_used
+
+    assert claims_used(sources) == (frozenset(expected) if expected is not None else None)
+
+
+def test_only_read_claims_are_converted_and_results_are_unchanged() -> None:
+    t = parse_trusted_issuer(
+        cfg(
+            condition="assertion['kubernetes.io'].namespace == 'prod' && !has(assertion.nope)",
+            attributes={"first": "assertion.groups[0]"},
+        ),
+        own_issuer=OWN,
+    )
+    assert t.claims_used == frozenset({"kubernetes.io", "nope", "groups", "sub"})
+    from tessera.federation.validator import IssuerRegistry
+
+    identity = IssuerRegistry._map(t, dict(CLAIMS))
+    assert identity.subject == CLAIMS["sub"] and identity.attributes == {"first": "a"}
+    assert identity.claims == CLAIMS  # the identity keeps every verified claim

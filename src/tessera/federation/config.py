@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from tessera.federation.cel import CelError, Expression, compile_expression
+from tessera.federation.cel import CelError, Expression, claims_used, compile_expression
 
 __all__ = [
     "ALGORITHMS",
@@ -109,6 +109,8 @@ class TrustedIssuer:
     attributes: tuple[tuple[str, Expression], ...] = ()
     condition: Expression | None = None
     shared: bool = False
+    #: the claims the expressions read (None: possibly all of them); only these are given to CEL
+    claims_used: frozenset[str] | None = None
     #: the configuration as given (for listing, export and change detection)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -260,11 +262,15 @@ def parse_trusted_issuer(
     typ = raw.get("typ")
     if typ is not None and (not isinstance(typ, str) or not typ or len(typ) > 64):
         raise _fail(name, "typ", "must be a string")
+    bindings = tuple(_binding(name, i, b, max_lifetime) for i, b in enumerate(bindings_raw))
+    subject = _expr(name, "subject", raw.get("subject", "assertion.sub"))
+    expressions = [subject, *(e for _, e in attributes), *([condition] if condition else [])]
+    expressions += [b.when for b in bindings if b.when is not None]
     return TrustedIssuer(
         name=name,
         issuer=issuer,
         audiences=_strings(name, "audiences", raw.get("audiences"), nonempty=True),
-        bindings=tuple(_binding(name, i, b, max_lifetime) for i, b in enumerate(bindings_raw)),
+        bindings=bindings,
         algorithms=algorithms,
         jwks_uri=_url(name, "jwks_uri", raw["jwks_uri"], allow_http=allow_http) if "jwks_uri" in raw else None,
         jwks=_jwks(name, "jwks", raw["jwks"]) if "jwks" in raw else None,
@@ -280,10 +286,11 @@ def parse_trusted_issuer(
         leeway=_int(name, "leeway", raw.get("leeway", leeway), 0, 300),
         jti_replay=_bool(name, "jti_replay", raw.get("jti_replay", False)),
         typ=typ,
-        subject=_expr(name, "subject", raw.get("subject", "assertion.sub")),
+        subject=subject,
         attributes=tuple(attributes),
         condition=condition,
         shared=shared,
+        claims_used=claims_used(e.source for e in expressions),
         raw=dict(raw),
     )
 

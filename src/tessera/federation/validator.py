@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from tessera.federation.cel import CelError
+from tessera.federation.cel import CelError, activation, add_variables
 from tessera.federation.config import Binding, TrustedIssuer
 from tessera.verify.errors import VerificationError
 from tessera.verify.jws import parse_compact, verify_signature
@@ -254,21 +254,22 @@ class IssuerRegistry:
 
     @staticmethod
     def _map(t: TrustedIssuer, claims: dict[str, Any]) -> ExternalIdentity:
-        activation: dict[str, Any] = {"assertion": claims}
+        used = t.claims_used
+        context = activation(assertion=claims if used is None else {k: claims[k] for k in used if k in claims})
         try:
-            if t.condition is not None and not t.condition.evaluate_bool(activation):
+            if t.condition is not None and not t.condition.evaluate_bool(context):
                 raise FederationRefused("the trust configuration's condition does not hold", trust=t.name)
-            subject = t.subject.evaluate(activation)
-            attributes = {k: e.evaluate(activation) for k, e in t.attributes}
+            subject = t.subject.evaluate(context)
+            attributes = {k: e.evaluate(context) for k, e in t.attributes}
         except CelError as e:
             raise FederationRefused(f"attribute mapping failed: {e}", trust=t.name) from None
         if not isinstance(subject, str) or not subject or len(subject) > 256 or not subject.isprintable():
             raise FederationRefused("the mapped subject must be a printable string of 1..256 characters", trust=t.name)
-        activation["subject"] = subject
-        activation["attributes"] = attributes
+        if any(b.when is not None for b in t.bindings):
+            add_variables(context, subject=subject, attributes=attributes)
         for binding in t.bindings:
             try:
-                if binding.when is None or binding.when.evaluate_bool(activation):
+                if binding.when is None or binding.when.evaluate_bool(context):
                     return ExternalIdentity(t, subject, attributes, binding, claims)
             except CelError as e:
                 raise FederationRefused(f"binding condition failed: {e}", trust=t.name) from None
