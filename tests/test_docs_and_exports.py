@@ -26,7 +26,7 @@ def test_every_setting_is_documented_with_its_environment_name() -> None:
 def test_verify_exports_exactly_its_public_names() -> None:
     exported = set(tessera.verify.__all__)
     public = {name for name in dir(tessera.verify) if not name.startswith("_")}
-    modules = {"asgi", "bundle", "errors", "jws", "report", "status_list", "trust", "verifier"}
+    modules = {"asgi", "bundle", "dpop", "errors", "jws", "report", "status_list", "trust", "verifier"}
     assert exported == public - modules
     for name in exported:
         assert getattr(tessera.verify, name).__module__.startswith("tessera.verify")

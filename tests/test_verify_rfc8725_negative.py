@@ -426,7 +426,7 @@ def test_exp_is_always_required(issuer: FakeIssuer) -> None:
 def test_custom_required_claims(issuer: FakeIssuer) -> None:
     v = make_verifier(issuer, required_claims=("iss", "sub", "aud", "exp", "iat", "jti", "client_id", "cnf"))
     refused(v, issuer.token(), MissingClaim, "missing_claim")
-    assert v.verify(issuer.token(cnf={"jkt": "abc"}))
+    assert v.verify(issuer.token(cnf={"x5t#S256": "abc"}))  # a cnf.jkt token needs verify_dpop (RFC 9449)
 
 
 # -- size and structure ------------------------------------------------------------------------------

@@ -102,6 +102,18 @@ class Settings(BaseModel):
         "3600 matches common client libraries (Authlib) and Okta's limit; each assertion is single use anyway.",
     )
     leeway: int = Field(30, ge=0, le=300, description="Clock skew tolerated on every time check, in seconds.")
+    dpop_max_age: int = Field(
+        300,
+        ge=10,
+        le=3600,
+        description="Oldest accepted DPoP proof (now - iat) at the token endpoint, in seconds (RFC 9449 §11.1). "
+        "Each proof's jti is remembered this long (plus leeway) to refuse replays.",
+    )
+    dpop_nonce: bool = Field(
+        False,
+        description="Require server-provided nonces in DPoP proofs (RFC 9449 §8): a proof without a current nonce "
+        "gets use_dpop_nonce and a DPoP-Nonce header. Nonces change every minute; the previous one stays valid.",
+    )
     key_refresh_interval: float = Field(
         5.0,
         gt=0,
@@ -157,6 +169,19 @@ class Settings(BaseModel):
         "file (RFC 7591 metadata plus client_id and, for secret methods, "
         "client_secret_sha256 or client_secret). Synced on start.",
     )
+    trusted_issuers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="External identity issuers whose tokens Tessera exchanges (RFC 8693, RFC 7523): issuer, key "
+        "source, audiences, limits, CEL subject/attributes/condition and bindings. See docs/federation.md.",
+    )
+    outbound_signing_alg: str = Field(
+        "",
+        description="Algorithm of tokens minted for outside audiences (requested_token_type jwt); one of "
+        "signing_algs. Empty: RS256 if configured (what most cloud STS expect), else the first of signing_algs.",
+    )
+    max_act_depth: int = Field(
+        4, ge=1, le=16, description="Deepest delegation chain (nested act claims, RFC 8693 §4.1) a token may carry."
+    )
 
     @field_validator("signing_algs")
     @classmethod
@@ -194,7 +219,31 @@ class Settings(BaseModel):
             object.__setattr__(self, "database_url", f"sqlite:///{(self.data_dir / 'tessera.db').absolute()}")
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
             raise ValueError("database_url (TESSERA_DATABASE_URL): must start with sqlite:/// or postgresql://")
+        if not self.outbound_signing_alg:
+            alg = "RS256" if "RS256" in self.signing_algs else self.signing_algs[0]
+            object.__setattr__(self, "outbound_signing_alg", alg)
+        elif self.outbound_signing_alg not in self.signing_algs:
+            raise ValueError("outbound_signing_alg must be one of signing_algs")
+        if self.trusted_issuers:
+            from tessera.federation.config import FederationConfigError
+
+            try:
+                self.federation()
+            except FederationConfigError as e:
+                raise ValueError(str(e)) from None
         return self
+
+    def federation(self) -> dict[str, Any]:
+        """The trusted issuers, parsed and compiled (``tessera.federation.config``)."""
+        from tessera.federation.config import parse_trusted_issuers
+
+        return parse_trusted_issuers(
+            self.trusted_issuers,
+            own_issuer=self.issuer,
+            max_lifetime=self.access_token_lifetime,
+            leeway=self.leeway,
+            allow_http=self.dev_mode,
+        )
 
     @property
     def audience_default(self) -> str:
@@ -241,7 +290,7 @@ def _env_value(name: str, raw: str, annotation: Any) -> Any:
     if name in ("signing_algs",):
         raw = raw.strip()
         return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
-    if name == "clients":
+    if name in ("clients", "trusted_issuers"):
         return json.loads(raw)
     return raw
 

@@ -195,7 +195,9 @@ class IssuerRegistry:
         if typ is not None and not isinstance(typ, str):
             raise FederationRefused("the token's typ is not a string", trust=name)
         if trust.typ is not None:
-            if typ is None or typ.lower() != trust.typ.lower():
+            # RFC 7515 §4.1.9: "application/" may be omitted; the comparison ignores it and case.
+            want = trust.typ.lower().removeprefix("application/")
+            if typ is None or typ.lower().removeprefix("application/") != want:
                 raise FederationRefused(f"the token's typ must be {trust.typ}", trust=name)
         elif typ is not None and typ.lower().removeprefix("application/") in _FOREIGN_TYPES:
             raise FederationRefused("the token is not an identity token (typ)", trust=name)

@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from tessera.federation.validator import IssuerRegistry
 from tessera.oauth.client_auth import ClientAuthenticator
+from tessera.oauth.dpop import DPoPChecker, nonce_secret
 from tessera.oauth.endpoints.introspection import IntrospectionEndpoint
 from tessera.oauth.endpoints.registration import RegistrationEndpoint
 from tessera.oauth.endpoints.revocation import RevocationEndpoint
@@ -25,10 +27,13 @@ from tessera.oauth.endpoints.status_lists import StatusListEndpoint
 from tessera.oauth.endpoints.token import TokenEndpoint
 from tessera.oauth.errors import InvalidRequest, OAuthError
 from tessera.oauth.forms import Form, parse_form
+from tessera.oauth.grants import Grant
 from tessera.oauth.grants.client_credentials import ClientCredentialsGrant
+from tessera.oauth.grants.jwt_bearer import JwtBearerGrant
+from tessera.oauth.grants.token_exchange import TokenExchangeGrant
 from tessera.oauth.keys import KeyRing
 from tessera.oauth.status_entries import StatusAllocator
-from tessera.runtime import Runtime, client_policy, open_runtime, server_metadata
+from tessera.runtime import Runtime, client_policy, load_trusted_issuers, open_runtime, server_metadata
 from tessera.settings import load_settings
 
 from .body import read_body, read_json
@@ -113,6 +118,19 @@ def build_app(runtime: Runtime) -> Any:
     issuer = settings.issuer
     keys = KeyService(runtime)
     fetch_jwks = JwksFetcher(clock, allow_private=settings.dev_mode)
+    federation = IssuerRegistry(load_trusted_issuers(settings, store), now=clock.now)
+    issuers_seen = [sorted((t.name, repr(t.raw)) for t in federation.issuers)]
+
+    async def reload_issuers() -> None:
+        """Trust configurations changed by an operator (admin API, CLI, another process) apply here
+        within one refresh interval."""
+        loaded = await asyncio.to_thread(load_trusted_issuers, settings, store)
+        seen = sorted((t.name, repr(t.raw)) for t in loaded)
+        if seen != issuers_seen[0]:
+            federation.replace(loaded)
+            issuers_seen[0] = seen
+            log.info("trusted issuers reloaded: %s", ", ".join(t.name for t in loaded) or "none")
+
     authenticator = ClientAuthenticator(
         issuer=issuer,
         token_endpoint=issuer + "/oauth/token",
@@ -122,6 +140,7 @@ def build_app(runtime: Runtime) -> Any:
         assertion_max_lifetime=settings.assertion_max_lifetime,
         leeway=settings.leeway,
         other_endpoints=(issuer + "/oauth/revoke", issuer + "/oauth/introspect"),
+        federation=federation,
     )
     process = _process_name()
     allocator = (
@@ -129,7 +148,7 @@ def build_app(runtime: Runtime) -> Any:
         if settings.status_lists
         else None
     )
-    grants = [
+    grants: list[Grant] = [
         ClientCredentialsGrant(
             issuer=issuer,
             keys=keys.current,
@@ -141,8 +160,48 @@ def build_app(runtime: Runtime) -> Any:
             status_allocator=allocator,
             status_min_lifetime=settings.status_list_min_lifetime,
         ),
+        TokenExchangeGrant(
+            issuer=issuer,
+            keys=keys.current,
+            signing_alg=settings.signing_algs[0],
+            outbound_alg=settings.outbound_signing_alg,
+            registry=federation,
+            recorder=store,
+            tokens=store,
+            clients=store.get_client,
+            now=clock.now,
+            max_lifetime=settings.access_token_lifetime,
+            default_audience=settings.audience_default,
+            max_act_depth=settings.max_act_depth,
+            leeway=settings.leeway,
+            status_allocator=allocator,
+            status_min_lifetime=settings.status_list_min_lifetime,
+        ),
+        JwtBearerGrant(
+            issuer=issuer,
+            token_endpoint=issuer + "/oauth/token",
+            keys=keys.current,
+            signing_alg=settings.signing_algs[0],
+            registry=federation,
+            recorder=store,
+            now=clock.now,
+            max_lifetime=settings.access_token_lifetime,
+            status_allocator=allocator,
+            status_min_lifetime=settings.status_list_min_lifetime,
+        ),
     ]
-    token_endpoint = TokenEndpoint(grants, authenticator, store)
+    dpop = DPoPChecker(
+        token_endpoint=issuer + "/oauth/token",
+        replay=store,
+        now=clock.now,
+        max_age=settings.dpop_max_age,
+        leeway=settings.leeway,
+        # Derived from the key-encryption key (as runtime.py finds it) so every worker accepts every nonce.
+        nonce_secret=nonce_secret(settings.kek or (settings.data_dir / "kek").read_text())
+        if settings.dpop_nonce
+        else None,
+    )
+    token_endpoint = TokenEndpoint(grants, authenticator, store, dpop=dpop)
     status_lists = StatusListEndpoint(
         issuer=issuer,
         keys=keys.current,
@@ -262,6 +321,7 @@ def build_app(runtime: Runtime) -> Any:
             try:
                 await asyncio.to_thread(store.sweep)
                 await keys.reload()
+                await reload_issuers()
             except Exception:
                 log.exception("background key refresh failed; serving with the keys loaded before")
 
@@ -298,7 +358,11 @@ def build_app(runtime: Runtime) -> Any:
         Mount(
             prefix + "/admin",
             app=AdminGate(
-                admin_app(runtime, keys, status_lists.invalidate), settings.admin_token, settings.max_body_bytes
+                admin_app(
+                    runtime, keys, status_lists.invalidate, federation=federation, issuers_changed=reload_issuers
+                ),
+                settings.admin_token,
+                settings.max_body_bytes,
             ),
         ),
     ]

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from tessera.oauth.endpoints.token import TokenEndpoint
-from tessera.oauth.errors import InvalidClient, InvalidRequest, OAuthError
+from tessera.oauth.errors import InvalidClient, InvalidRequest, OAuthError, UseDPoPNonce
 from tessera.oauth.forms import parse_form
 
 __all__ = ["TokenFastPath"]
@@ -60,15 +60,25 @@ class TokenFastPath:
                 key = name.decode("latin-1")
                 if key in headers and key in ("authorization", "content-type", "content-length"):
                     raise InvalidRequest(f"the {key} header is repeated")
+                if key == "dpop" and key in headers:
+                    # RFC 9110 §5.3 combines repeated fields; the DPoP check refuses the result
+                    # (RFC 9449 §4.3 point 1) after client authentication.
+                    headers[key] += ", " + value.decode("latin-1")
+                    continue
                 headers[key] = value.decode("latin-1")
             body = await self._read(headers, receive)
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
                 raise InvalidRequest("the token request must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
             result = await self._endpoint.handle(headers, parse_form(body))
-            await self._respond(send, 200, result, [])
+            nonce = self._endpoint.dpop_nonce() if "dpop" in headers else None
+            # RFC 9449 §8: the server may supply the nonce for the next proof with a successful response.
+            await self._respond(send, 200, result, [(b"dpop-nonce", nonce.encode())] if nonce else [])
         except OAuthError as e:
             extra = [(b"www-authenticate", self._www_basic)] if isinstance(e, InvalidClient) else []
+            if isinstance(e, UseDPoPNonce):
+                # RFC 9449 §8: use_dpop_nonce comes with exactly one DPoP-Nonce header.
+                extra.append((b"dpop-nonce", e.nonce.encode()))
             await self._respond(send, e.status_code, e.body(), extra)
         except Exception:
             log.exception("token endpoint failed")

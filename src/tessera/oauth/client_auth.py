@@ -273,7 +273,9 @@ class ClientAuthenticator:
                 raise InvalidClient("the trust configuration's condition failed", client_id=client_id) from None
         jti = claims.get("jti")
         use = (
-            AssertionUse(client.client_id, f"{trust.name}:{jti}", int(claims["exp"]))
+            # The same namespace as the token exchange and JWT bearer grants: a replay-protected token is
+            # single-use whatever role it is presented in, and whichever client presents it.
+            AssertionUse(f"trust:{trust.name}", jti, int(claims["exp"]))
             if trust.jti_replay and isinstance(jti, str)
             else None
         )

@@ -12,6 +12,7 @@ from typing import ClassVar
 __all__ = [
     "InvalidClient",
     "InvalidClientMetadata",
+    "InvalidDPoPProof",
     "InvalidGrant",
     "InvalidRedirectUri",
     "InvalidRequest",
@@ -22,6 +23,7 @@ __all__ = [
     "TemporarilyUnavailable",
     "UnauthorizedClient",
     "UnsupportedGrantType",
+    "UseDPoPNonce",
 ]
 
 
@@ -100,3 +102,21 @@ class InvalidToken(OAuthError):
 class TemporarilyUnavailable(OAuthError):
     error = "temporarily_unavailable"
     status_code = 503
+
+
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5: "If the DPoP proof is invalid, the authorization server issues an error response per
+    Section 5.2 of [RFC6749] with invalid_dpop_proof as the value of the error parameter"."""
+
+    error = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the proof lacks a current server nonce. ``nonce`` is the one to use; the HTTP layer
+    sends it in the ``DPoP-Nonce`` response header."""
+
+    error = "use_dpop_nonce"
+
+    def __init__(self, description: str = "", *, nonce: str, client_id: str | None = None) -> None:
+        super().__init__(description, client_id=client_id)
+        self.nonce = nonce

@@ -34,7 +34,15 @@ __all__ = [
 
 
 class AssertionReplayed(Exception):
-    """The client assertion's jti was already used."""
+    """A single-use token's jti (a client assertion's, a replay-protected external token's) was used."""
+
+    def __init__(self, jti: str, replayed: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(jti)
+        #: the (namespace, jti) pairs that were used before (or twice in the request)
+        self.replayed = replayed or (("", jti),)
+
+    def concerns(self, use: AssertionUse | None) -> bool:
+        return use is not None and any(k == (use.client_id, use.jti) for k in self.replayed)
 
 
 class ClientReader(Protocol):

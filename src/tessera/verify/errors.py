@@ -13,9 +13,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BadSignature",
+    "DPoPBindingMismatch",
+    "DPoPProofRequired",
     "DelegationRefused",
     "Expired",
     "InvalidBundle",
+    "InvalidDPoPProof",
     "IssuedInFuture",
     "MalformedToken",
     "MissingClaim",
@@ -28,6 +31,7 @@ __all__ = [
     "TrustDataStale",
     "UnknownKey",
     "UnsupportedAlgorithm",
+    "UseDPoPNonce",
     "VerificationError",
     "WrongAudience",
     "WrongIssuer",
@@ -125,3 +129,29 @@ class TrustDataStale(VerificationError):
 
 class InvalidBundle(VerificationError):
     reason = "invalid_bundle"
+
+
+class InvalidDPoPProof(VerificationError):
+    """RFC 9449 §4.3: the DPoP proof itself is not valid (rendered ``error="invalid_dpop_proof"``)."""
+
+    reason = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(InvalidDPoPProof):
+    """RFC 9449 §8, §9: the proof lacks the server-provided nonce, or carries a stale one."""
+
+    reason = "use_dpop_nonce"
+
+
+class DPoPProofRequired(VerificationError):
+    """RFC 9449 §7.1, §7.2: a DPoP-bound token (``cnf.jkt``) was presented without a DPoP proof,
+    e.g. as a bearer token."""
+
+    reason = "dpop_proof_required"
+
+
+class DPoPBindingMismatch(VerificationError):
+    """RFC 9449 §4.3 point 12, §6: the proof's key is not the key the token is bound to (or the token
+    presented under the DPoP scheme is not bound to any key)."""
+
+    reason = "dpop_binding_mismatch"

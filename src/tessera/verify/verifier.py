@@ -4,10 +4,14 @@ Issuer, audiences and algorithms are required configuration, never taken from th
 checks: size → structure → header (alg allow-list, ``typ``, no ``crit``/``jku``/``jwk``/``x5u``/
 ``x5c``) → key (by ``kid``, among the pinned issuer's keys only) → signature → issuer → audience →
 times (one ``leeway`` for every check) → required claims → delegation (``act``) → status list.
+
+A DPoP-bound token (``cnf.jkt``, RFC 9449 §6.1) is refused by ``verify`` (RFC 9449 §7.2: a bound token
+presented as a bearer token); ``verify_dpop`` checks it together with its DPoP proof (§4.3, §7.1).
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,10 +20,14 @@ import httpx
 import orjson
 
 from tessera.verify.bundle import read_bundle
+from tessera.verify.dpop import DPOP_ALGORITHMS, JtiCache, check_proof
 from tessera.verify.errors import (
     BadSignature,
     DelegationRefused,
+    DPoPBindingMismatch,
+    DPoPProofRequired,
     Expired,
+    InvalidDPoPProof,
     IssuedInFuture,
     MalformedToken,
     MissingClaim,
@@ -93,6 +101,10 @@ class Verifier:
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
+        dpop_algorithms: Iterable[str] = DPOP_ALGORITHMS,
+        dpop_max_age: float = 300.0,
+        dpop_leeway: float = 5.0,
+        dpop_replay_cache_size: int = 100_000,
     ) -> None:
         if not issuer or issuer.endswith("/"):
             raise ValueError("issuer must be the exact issuer identifier (no trailing '/')")
@@ -117,6 +129,13 @@ class Verifier:
         self._verified: dict[str, PublicKey] = {}
         self._cache_size = verified_cache_size
         self._clock = clock
+        self.dpop_algorithms = frozenset(dpop_algorithms)
+        if not self.dpop_algorithms or not self.dpop_algorithms <= DPOP_ALGORITHMS:
+            raise ValueError(f"dpop_algorithms must be a non-empty subset of {sorted(DPOP_ALGORITHMS)}")
+        self.dpop_max_age = float(dpop_max_age)
+        self.dpop_leeway = float(dpop_leeway)
+        # RFC 9449 §11.1: a proof may be dated dpop_leeway ahead, so it stays acceptable that much longer.
+        self._dpop_jtis = JtiCache(self.dpop_max_age + 2 * self.dpop_leeway, dpop_replay_cache_size)
         policy = TrustPolicy(
             keys_ttl=keys_ttl,
             keys_max_stale=keys_max_stale,
@@ -155,31 +174,36 @@ class Verifier:
 
     # -- public API -------------------------------------------------------------------------------------
     def verify(self, token: str) -> Claims:
-        """The token's claims, or a ``VerificationError`` naming the reason."""
-        alg, kid, payload, signing_input, signature = self._parse(token)
-        keys, keys_age, stale = self.trust.keys_for_sync(kid, alg)
-        claims = self._authentic(token, alg, keys, payload, signing_input, signature)
-        self._check_claims(claims)
-        status_age = None
-        ref = self._status_reference(claims)
-        if ref is not None:
-            entry, status_stale = self.trust.status_sync(ref[0])
-            status_age, stale = self._clock() - entry.issued_at, stale or status_stale
-            self._check_status(entry.status_list.get(ref[1]))
-        return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
+        """The token's claims, or a ``VerificationError`` naming the reason.
+
+        A DPoP-bound token is refused with ``DPoPProofRequired``: use ``verify_dpop`` for it."""
+        claims = self._verify_sync(token)
+        if "cnf" in claims:
+            self._refuse_bound(claims)
+        return claims
 
     async def averify(self, token: str) -> Claims:
-        alg, kid, payload, signing_input, signature = self._parse(token)
-        keys, keys_age, stale = await self.trust.keys_for_async(kid, alg)
-        claims = self._authentic(token, alg, keys, payload, signing_input, signature)
-        self._check_claims(claims)
-        status_age = None
-        ref = self._status_reference(claims)
-        if ref is not None:
-            entry, status_stale = await self.trust.status_async(ref[0])
-            status_age, stale = self._clock() - entry.issued_at, stale or status_stale
-            self._check_status(entry.status_list.get(ref[1]))
-        return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
+        claims = await self._verify_async(token)
+        if "cnf" in claims:
+            self._refuse_bound(claims)
+        return claims
+
+    def verify_dpop(self, token: str, proof: str | None, *, htm: str, htu: str) -> Claims:
+        """The claims of a token presented with a DPoP proof (RFC 9449 §7.1), or a ``VerificationError``.
+
+        ``proof`` is the one ``DPoP`` request header (the caller refuses a repeated one), ``htm`` the
+        request method and ``htu`` the request URI as this resource server is reached. A bound token
+        needs a valid, fresh, unreplayed proof by its key, with ``ath``; a token that is not bound is
+        refused when a proof comes with it (the binding check of §4.3 point 12 cannot succeed), and
+        verified like ``verify`` when none does."""
+        claims = self._verify_sync(token)
+        self._check_dpop(claims, token, proof, htm, htu)
+        return claims
+
+    async def averify_dpop(self, token: str, proof: str | None, *, htm: str, htu: str) -> Claims:
+        claims = await self._verify_async(token)
+        self._check_dpop(claims, token, proof, htm, htu)
+        return claims
 
     def warm(self) -> None:
         """Fetch the issuer's keys now (call at start-up so the first request does not wait)."""
@@ -195,6 +219,76 @@ class Verifier:
             await self.trust.ahttp.aclose()
 
     # -- steps -----------------------------------------------------------------------------------------
+    def _verify_sync(self, token: str) -> Claims:
+        alg, kid, payload, signing_input, signature = self._parse(token)
+        keys, keys_age, stale = self.trust.keys_for_sync(kid, alg)
+        claims = self._authentic(token, alg, keys, payload, signing_input, signature)
+        self._check_claims(claims)
+        status_age = None
+        ref = self._status_reference(claims)
+        if ref is not None:
+            entry, status_stale = self.trust.status_sync(ref[0])
+            status_age, stale = self._clock() - entry.issued_at, stale or status_stale
+            self._check_status(entry.status_list.get(ref[1]))
+        return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
+
+    async def _verify_async(self, token: str) -> Claims:
+        alg, kid, payload, signing_input, signature = self._parse(token)
+        keys, keys_age, stale = await self.trust.keys_for_async(kid, alg)
+        claims = self._authentic(token, alg, keys, payload, signing_input, signature)
+        self._check_claims(claims)
+        status_age = None
+        ref = self._status_reference(claims)
+        if ref is not None:
+            entry, status_stale = await self.trust.status_async(ref[0])
+            status_age, stale = self._clock() - entry.issued_at, stale or status_stale
+            self._check_status(entry.status_list.get(ref[1]))
+        return Claims(claims, Report(keys_age, status_age, stale, self.trust.source))
+
+    @staticmethod
+    def _bound_key(claims: dict[str, Any]) -> str | None:
+        """The ``cnf.jkt`` a token is bound to (RFC 9449 §6.1), if any."""
+        cnf = claims.get("cnf")
+        if cnf is None or (isinstance(cnf, dict) and "jkt" not in cnf):
+            return None  # not DPoP-bound (another confirmation method is not this verifier's business)
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if not isinstance(jkt, str) or not jkt:
+            raise MalformedToken("cnf must be an object and cnf.jkt a JWK thumbprint (RFC 9449 §6.1)")
+        return jkt
+
+    def _refuse_bound(self, claims: dict[str, Any]) -> None:
+        if self._bound_key(claims) is not None:
+            # RFC 9449 §7.2: a resource server "MUST reject a DPoP-bound access token received as a bearer token".
+            raise DPoPProofRequired("the token is DPoP-bound: present it with a DPoP proof (RFC 9449 §7.1)")
+
+    def _check_dpop(self, claims: dict[str, Any], token: str, proof: str | None, htm: str, htu: str) -> None:
+        jkt = self._bound_key(claims)
+        if proof is None:
+            if jkt is not None:
+                # RFC 9449 §7.1: "a resource server MUST check that a DPoP proof was also received".
+                raise DPoPProofRequired("the token is DPoP-bound and no DPoP proof was sent")
+            return
+        now = self._clock()
+        checked = check_proof(
+            proof,
+            htm=htm,
+            htu=htu,
+            now=now,
+            leeway=self.dpop_leeway,
+            max_age=self.dpop_max_age,
+            access_token=token,
+            algorithms=self.dpop_algorithms,
+        )
+        # RFC 9449 §4.3 point 12: "confirm that the public key to which the access token is bound matches
+        # the public key from the DPoP proof".
+        if jkt is None:
+            raise DPoPBindingMismatch("the token is not DPoP-bound, so no proof can be bound to it")
+        if not hmac.compare_digest(checked.jkt, jkt):
+            raise DPoPBindingMismatch("the proof is not signed by the key the token is bound to")
+        # RFC 9449 §11.1: a proof is used once.
+        if self._dpop_jtis.seen(checked.jkt + " " + checked.jti, now):
+            raise InvalidDPoPProof("the proof was used before (jti replay)")
+
     def _parse(self, token: str) -> tuple[str, str | None, str, bytes, bytes]:
         """(alg, kid, payload segment, signing input, signature) after every header check."""
         if not isinstance(token, str):

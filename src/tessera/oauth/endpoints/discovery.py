@@ -4,7 +4,8 @@ Only what this server really supports is listed; each capability that lands adds
 RFC 8414 §2 names ``revocation_endpoint`` (RFC 7009) and ``introspection_endpoint`` (RFC 7662) with
 their ``*_auth_methods_supported`` and ``*_auth_signing_alg_values_supported``;
 draft-ietf-oauth-status-list §9.1 and §14: "it is RECOMMENDED to use the
-``status_list_aggregation_endpoint`` parameter" for the list of all status list URIs.
+``status_list_aggregation_endpoint`` parameter" for the list of all status list URIs;
+RFC 9449 §5.1 ``dpop_signing_alg_values_supported`` signals DPoP support at the token endpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tessera.oauth.clients import ASSERTION_ALGS
+from tessera.oauth.dpop import DPOP_SIGNING_ALGS
 
 __all__ = ["AUTH_METHODS_SUPPORTED", "metadata"]
 
@@ -43,6 +45,7 @@ def metadata(
         "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
         "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "status_list_aggregation_endpoint": issuer + "/oauth/status",
+        "dpop_signing_alg_values_supported": list(DPOP_SIGNING_ALGS),
     }
     if registration:
         md["registration_endpoint"] = issuer + "/oauth/register"

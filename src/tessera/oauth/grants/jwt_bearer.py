@@ -104,8 +104,8 @@ class JwtBearerGrant:
         )
         try:
             await self._recorder.record_issuance(token.record, uses, event)
-        except AssertionReplayed:
-            if party.use is None:
+        except AssertionReplayed as e:
+            if request.client is not None and e.concerns(request.client.assertion):
                 raise InvalidClient("client_assertion was already used (jti replay)") from None
             raise InvalidGrant("the assertion was already used (jti replay)") from None
         body = {

@@ -350,12 +350,8 @@ class TokenExchangeGrant:
         )
         try:
             await self._recorder.record_issuance(token.record, uses, event)
-        except AssertionReplayed:
-            if (
-                request.client is not None
-                and request.client.assertion is not None
-                and all(u is request.client.assertion for u in uses)
-            ):
+        except AssertionReplayed as e:
+            if request.client is not None and e.concerns(request.client.assertion):
                 raise InvalidClient("client_assertion was already used (jti replay)") from None
             raise InvalidRequest("a presented token was already used (jti replay)") from None
         if requested == JWT:

@@ -56,6 +56,7 @@ __all__ = [
     "lock_keys",
     "purge_expired",
     "put_trusted_issuer",
+    "release_assertions",
     "revoke_tokens",
     "serialize",
     "update_client",
@@ -130,7 +131,7 @@ def load_keys(conn: sa.Connection) -> list[KeyRecord]:
     return [_key(r) for r in conn.execute(sa.select(signing_keys).order_by(signing_keys.c.created_at))]
 
 
-_LOCKS = {"declared-clients": 7261173303}
+_LOCKS = {"declared-clients": 7261173303, "declared-issuers": 7261173304}
 
 
 def serialize(conn: sa.Connection, what: str) -> None:
@@ -194,6 +195,14 @@ def consume_assertion(conn: sa.Connection, use: AssertionUse) -> bool:
 
 def _ph(conn: sa.Connection) -> str:
     return "%s" if conn.dialect.name == "postgresql" else "?"
+
+
+def release_assertions(conn: sa.Connection, keys: set[tuple[str, str]]) -> None:
+    """Forget jtis recorded in this transaction for a request that was then refused."""
+    for client_id, jti in keys:
+        conn.execute(
+            sa.delete(assertion_jtis).where(assertion_jtis.c.client_id == client_id, assertion_jtis.c.jti == jti)
+        )
 
 
 def consume_assertions(conn: sa.Connection, uses: list[AssertionUse]) -> set[tuple[str, str]]:

@@ -187,13 +187,15 @@ class GroupCommitWriter:
                 tokens = []
                 for i in issuing:
                     keys = [(use.client_id, use.jti) for use in batch[i].assertions]
-                    replayed = [k for k in keys if k not in fresh]
-                    if replayed or len(set(keys)) != len(keys):
-                        jti = replayed[0][1] if replayed else keys[0][1]
-                        outcomes[i] = (False, AssertionReplayed(jti))
+                    replayed = [k for k in keys if k not in fresh] + [k for k in set(keys) if keys.count(k) > 1]
+                    if replayed:
+                        outcomes[i] = (False, AssertionReplayed(replayed[0][1], tuple(replayed)))
                         continue
                     fresh.difference_update(keys)  # a second use of the same jti within this batch is a replay too
                     tokens.append(batch[i].token)
+                if fresh:
+                    # Recorded for requests refused above only: a refused request uses up none of its tokens.
+                    repo.release_assertions(conn, fresh)
                 repo.insert_tokens(conn, [t for t in tokens if t is not None])
             events = [ev for (ok, _), item in zip(outcomes, batch, strict=True) if ok for ev in (item.events or [])]
             repo.append_audit(conn, events, self._now_ms())
