@@ -81,6 +81,8 @@ def claims_used(sources: Iterable[str]) -> frozenset[str] | None:
     literal — answers None and every claim is converted."""
     names: set[str] = set()
     for source in sources:
+        if "//" in source or "\\" in source or "`" in source:
+            return None  # comments, escapes, quoted field names: not worth a tokenizer — use every claim
         for m in _VARIABLE.finditer(source):
             member = _MEMBER.match(source, m.end())
             if member is None:

@@ -309,6 +309,8 @@ def parse_trusted_issuers(
             raise _fail(t.name, "name", "is used twice")
         if t.issuer in issuers:
             raise _fail(t.name, "issuer", "is already trusted under another name (one configuration per issuer)")
+        if t.trust_domain and any(o.trust_domain == t.trust_domain for o in out.values()):
+            raise _fail(t.name, "trust_domain", "is already trusted under another name")
         out[t.name] = t
         issuers.add(t.issuer)
     return out

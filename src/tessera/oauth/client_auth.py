@@ -223,6 +223,9 @@ class ClientAuthenticator:
         if "client_id" in form and form["client_id"] != sub:
             raise InvalidClient("client_id does not match the assertion's sub")
         client = await self._known(sub, "private_key_jwt")
+        if "jwks" not in client.metadata and "jwks_uri" not in client.metadata:
+            # A client with federated credentials only has no keys of its own to sign with.
+            raise InvalidClient("unknown client or bad credentials", client_id=sub)
         alg = header.get("alg")
         allowed = (
             {client.metadata["token_endpoint_auth_signing_alg"]}
@@ -252,10 +255,11 @@ class ClientAuthenticator:
         creds = client.federated_credentials
         if not creds:
             raise InvalidClient("unknown client or bad credentials", client_id=client.client_id)
+        # Until the assertion is verified the caller is anonymous: every refusal reads as an unknown client.
         try:
             trust, claims = await self._federation.authenticate(value, audiences=[c["audience"] for c in creds])
-        except FederationRefused as e:
-            raise InvalidClient(f"the federated client assertion is not accepted: {e}", client_id=client_id) from None
+        except FederationRefused:
+            raise InvalidClient("unknown client or bad credentials", client_id=client_id) from None
         aud = claims.get("aud")
         auds = {aud} if isinstance(aud, str) else set(aud or [])
         match = [
@@ -264,18 +268,18 @@ class ClientAuthenticator:
             if c["issuer"] == trust.issuer and c["subject"] == claims.get("sub") and c["audience"] in auds
         ]
         if not match:
-            raise InvalidClient("the assertion matches none of the client's federated credentials", client_id=client_id)
+            raise InvalidClient("unknown client or bad credentials", client_id=client_id)
         if trust.condition is not None:
             try:
                 if not trust.condition.evaluate_bool({"assertion": claims}):
-                    raise InvalidClient("the trust configuration's condition does not hold", client_id=client_id)
+                    raise InvalidClient("unknown client or bad credentials", client_id=client_id)
             except CelError:
-                raise InvalidClient("the trust configuration's condition failed", client_id=client_id) from None
+                raise InvalidClient("unknown client or bad credentials", client_id=client_id) from None
         jti = claims.get("jti")
         use = (
             # The same namespace as the token exchange and JWT bearer grants: a replay-protected token is
             # single-use whatever role it is presented in, and whichever client presents it.
-            AssertionUse(f"trust:{trust.name}", jti, int(claims["exp"]))
+            AssertionUse(f"trust/{trust.name}", jti, int(claims["exp"]))
             if trust.jti_replay and isinstance(jti, str)
             else None
         )

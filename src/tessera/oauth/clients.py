@@ -332,6 +332,8 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
         if flag in raw:
             if not isinstance(raw[flag], bool):
                 raise _bad(f"{flag} must be true or false")
+            if raw[flag] and method == "none":
+                raise _bad(f"{flag} needs a client that authenticates (not token_endpoint_auth_method none)")
             if raw[flag]:
                 md[flag] = True
 

@@ -128,7 +128,7 @@ class DPoPChecker:
             # RFC 9449 §11.1: the jti is remembered as long as the proof's iat keeps it acceptable.
             expires = math.ceil(proof.iat + self._max_age + self._leeway)
             await self._replay.consume_assertion(
-                AssertionUse(client_id="dpop:" + proof.jkt, jti=proof.jti, exp=expires)
+                AssertionUse(client_id="dpop/" + proof.jkt, jti=proof.jti, exp=expires)
             )
         except AssertionReplayed:
             raise InvalidDPoPProof("the DPoP proof was used before", client_id=client_id) from None

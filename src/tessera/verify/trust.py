@@ -107,6 +107,7 @@ class TrustStore:
     metadata_path: str = "/.well-known/oauth-authorization-server"
     #: the JWK ``use`` the keys must have: "sig", or "jwt-svid" for a SPIFFE trust bundle
     key_use: str = "sig"
+    _inflight: asyncio.Future[bool] | None = None
 
     # -- documents ------------------------------------------------------------------------------------
     @staticmethod
@@ -248,16 +249,29 @@ class TrustStore:
             return fast
         decision, stale = self._plan_keys(kid, alg), False
         if decision in ("refresh", "kid"):
-            try:
-                await self._fetch_keys_async()
-                self._fetched("keys")
-            except TrustDataStale:
-                stale = True
-                self._keys_failed()
+            stale = not await self._shared_fetch_keys()
         elif decision == "background":
             stale = True
             self._abackground(self._fetch_keys_async, "keys")
         return self._finish_keys(kid, alg, stale)
+
+    async def _shared_fetch_keys(self) -> bool:
+        """One fetch at a time: concurrent callers that all find the keys missing (a cold start, a burst
+        of tokens naming an unknown ``kid``) wait for the same request instead of sending one each."""
+        inflight = self._inflight
+        if inflight is None or inflight.done() or inflight.get_loop() is not asyncio.get_running_loop():
+
+            async def fetch() -> bool:
+                try:
+                    await self._fetch_keys_async()
+                    self._fetched("keys")
+                    return True
+                except TrustDataStale:
+                    self._keys_failed()
+                    return False
+
+            inflight = self._inflight = asyncio.ensure_future(fetch())
+        return await asyncio.shield(inflight)
 
     def _finish_keys(self, kid: str | None, alg: str, stale: bool) -> tuple[list[PublicKey], float, bool]:
         k = self._keys

@@ -18,6 +18,10 @@ from typing import Any
 
 import httpx
 import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tessera.verify.bundle import read_bundle
 from tessera.verify.dpop import DPOP_ALGORITHMS, JtiCache, check_proof
@@ -51,6 +55,9 @@ from tessera.verify.trust import TrustPolicy, TrustStore
 __all__ = ["Claims", "Verifier"]
 
 _FORBIDDEN_HEADERS = ("crit", "jku", "jwk", "x5u", "x5c")
+_EDDSA = ("EdDSA", "Ed25519")
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MAX_TIME = 1e11  # year 5138: beyond it a "time" is an attack on arithmetic, not a date
 
 
@@ -177,7 +184,9 @@ class Verifier:
         """The token's claims, or a ``VerificationError`` naming the reason.
 
         A DPoP-bound token is refused with ``DPoPProofRequired``: use ``verify_dpop`` for it."""
-        claims = self._verify_sync(token)
+        claims = self._verify_fast(token)
+        if claims is None:
+            claims = self._verify_sync(token)
         if "cnf" in claims:
             self._refuse_bound(claims)
         return claims
@@ -219,6 +228,83 @@ class Verifier:
             await self.trust.ahttp.aclose()
 
     # -- steps -----------------------------------------------------------------------------------------
+    def _verify_fast(self, token: Any) -> Claims | None:
+        """``_verify_sync`` in one function for the common case — a header seen before, fresh keys and
+        status list in cache, an ES256 or EdDSA signature — or None to take the general path.
+
+        The checks are the same (the general path's helpers are called for claims and status); what
+        this saves is the interpreted overhead between them: fewer calls, one clock read. Measured
+        with ``bench/verify.py``: the relying party's hot path is a signature check plus this.
+        """
+        if type(token) is not str or len(token) > self.max_token_bytes:
+            return None
+        parts = token.split(".")
+        if len(parts) != 3:
+            return None
+        checked = self._headers.get(parts[0])
+        keys_cache = self.trust._keys
+        if checked is None or keys_cache is None:
+            return None
+        now = self._clock()
+        if now >= keys_cache.fast_until:
+            return None
+        alg = checked[0]
+        keys = keys_cache.by_kid.get((checked[1], alg))
+        if not keys or (alg != "ES256" and alg != "EdDSA" and alg != "Ed25519"):
+            return None
+        signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii", "replace")
+        signature = b64url_decode(parts[2])
+        if self._cache_size and self._verified.get(token) in keys:
+            pass  # verified before with a key still current
+        elif len(signature) != 64:
+            raise BadSignature(f"an {alg} signature is exactly 64 bytes (RFC 7518 §3.4, RFC 8037 §3.1)")
+        else:
+            if alg == "ES256":
+                r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
+                    raise BadSignature("ECDSA r and s must be in 1..n-1")
+                der = encode_dss_signature(r, s)
+            kty = "EC" if alg == "ES256" else "OKP"
+            for key in keys[:4]:
+                if key.kty != kty or (
+                    key.alg is not None and key.alg != alg and not (key.alg in _EDDSA and alg in _EDDSA)
+                ):
+                    continue
+                try:
+                    if alg == "ES256":
+                        key.key.verify(der, signing_input, _ECDSA_SHA256)  # type: ignore[call-arg,arg-type]
+                    else:
+                        key.key.verify(signature, signing_input)  # type: ignore[call-arg]
+                except InvalidSignature:
+                    continue
+                if self._cache_size:
+                    if len(self._verified) >= self._cache_size:
+                        self._verified.clear()
+                    self._verified[token] = key
+                break
+            else:
+                raise BadSignature("the signature does not verify")
+        try:
+            claims = orjson.loads(b64url_decode(parts[1]))
+        except orjson.JSONDecodeError:
+            raise MalformedToken("the payload is not JSON") from None
+        if type(claims) is not dict:
+            raise MalformedToken("the payload must be a JSON object")
+        self._check_claims(claims)
+        status_age = None
+        stale = False
+        if "status" in claims or self.require_status:
+            ref = self._status_reference(claims)
+            assert ref is not None
+            entry = self.trust._lists.get(ref[0])
+            if entry is None or now >= entry.fast_until:
+                entry, stale = self.trust.status_sync(ref[0])
+            status_age = now - entry.issued_at
+            value = entry.status_list.get(ref[1])
+            if value != VALID:
+                self._check_status(value)
+        return Claims(claims, Report(now - keys_cache.fetched_at, status_age, stale, self.trust.source))
+
     def _verify_sync(self, token: str) -> Claims:
         alg, kid, payload, signing_input, signature = self._parse(token)
         keys, keys_age, stale = self.trust.keys_for_sync(kid, alg)

@@ -121,6 +121,11 @@ class RegistrationEndpoint:
     async def register(self, authorization: str | None, body: Any) -> dict[str, Any]:
         self.check_initial_token(authorization)
         metadata = validate_metadata(body, self._policy)
+        granted = [flag for flag in ("may_delegate", "may_impersonate") if metadata.get(flag)]
+        if granted:
+            # Acting for other subjects is a privilege an operator grants (admin API, CLI, config file);
+            # the holder of an initial access token cannot give it to the client it registers.
+            raise InvalidClientMetadata(f"{', '.join(granted)} can only be set by an operator")
         now = int(self._now())
         secret = generate_secret() if metadata["token_endpoint_auth_method"] in SECRET_METHODS else None
         rat = secrets.token_urlsafe(32)

@@ -10,6 +10,7 @@ authentication (§3.1: authentication is optional); an authenticated client beco
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -63,11 +64,17 @@ class JwtBearerGrant:
             identity = await self._registry.validate(assertion, audiences=self._audiences)
         except FederationRefused as e:
             raise InvalidGrant(f"the assertion is not accepted: {e}") from None
-        party = external_party(identity)
+        try:
+            party = external_party(identity)
+        except InvalidRequest as e:
+            raise InvalidGrant(e.description) from None
         wanted = list(dict.fromkeys(request.form.getlist("resource")))
         audiences = narrow_audiences(wanted, [party])
         scope = narrow_scope(request.form.get("scope"), [party])
-        caller = request.client.client if request.client is not None else None
+        if party.jkt is not None and (request.dpop_jkt is None or not hmac.compare_digest(request.dpop_jkt, party.jkt)):
+            raise InvalidGrant("the assertion is DPoP-bound: the request needs a DPoP proof by its key (RFC 9449)")
+        # A public client (auth method "none") proved nothing: it is treated as an anonymous caller.
+        caller = request.client.client if request.client is not None and request.client.method != "none" else None
         lifetime = min(self._max_lifetime, party.max_lifetime)
         status = None
         if self._statuses is not None and lifetime >= self._status_min_lifetime:

@@ -27,6 +27,7 @@ is not allowed is ``invalid_scope``.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -81,6 +82,20 @@ class Party:
     client_id: str | None = None
     trust: str | None = None
     use: AssertionUse | None = None
+    #: RFC 9449 §6.1: the key thumbprint the presented token is bound to (``cnf.jkt``)
+    jkt: str | None = None
+
+
+def bound_key(claims: dict[str, Any]) -> str | None:
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if isinstance(cnf, dict) and "jkt" not in cnf:
+        return None
+    if not isinstance(jkt, str) or not jkt:
+        raise InvalidRequest("a presented token's cnf.jkt is malformed")
+    return jkt
 
 
 def act_depth(act: Any) -> int:
@@ -94,7 +109,8 @@ def act_depth(act: Any) -> int:
 def external_party(identity: ExternalIdentity) -> Party:
     b = identity.binding
     use = (
-        AssertionUse(f"trust:{identity.trust.name}", identity.jti, identity.exp)
+        # "/" cannot occur in a client id: this namespace never collides with client assertions.
+        AssertionUse(f"trust/{identity.trust.name}", identity.jti, identity.exp)
         if identity.trust.jti_replay and identity.jti
         else None
     )
@@ -111,6 +127,7 @@ def external_party(identity: ExternalIdentity) -> Party:
         may_impersonate=b.may_impersonate,
         trust=identity.trust.name,
         use=use,
+        jkt=bound_key(identity.claims),
     )
 
 
@@ -229,6 +246,7 @@ class TokenExchangeGrant:
             may_delegate=bool(client and client.may_delegate),
             may_impersonate=bool(client and client.may_impersonate),
             client_id=str(claims.get("client_id") or sub),
+            jkt=bound_key(claims),
         )
 
     # -- the grant ----------------------------------------------------------------------------------
@@ -247,30 +265,39 @@ class TokenExchangeGrant:
         requested = form.get("requested_token_type") or ACCESS_TOKEN
         if requested not in REQUESTED_TYPES:
             raise InvalidRequest(f"requested_token_type must be one of {', '.join(REQUESTED_TYPES)}")
-        caller = request.client.client if request.client is not None else None
+        # A public client (auth method "none") proved nothing: it is treated as an anonymous caller.
+        authn = request.client
+        caller = authn.client if authn is not None and authn.method != "none" else None
 
         subject = await self._party(subject_token, subject_type, "subject")
         actor = await self._party(actor_token, actor_type or JWT, "actor") if actor_token else None
+        if actor is not None and actor.principal == subject.principal:
+            actor = None  # acting for oneself is no actor: the caller is still checked below
         if actor is None and caller is not None and caller.client_id != subject.principal:
             actor = client_party(caller, self._issuer, self._default_audience, self._max_lifetime)
+        for role, party in (("subject", subject), ("actor", actor)):
+            if party is not None and party.jkt is not None:
+                # RFC 9449: a DPoP-bound token is usable only with proof of its key, here as anywhere; the
+                # new token is bound to the same key. Never traded for an unbound or outside token.
+                if request.dpop_jkt is None or not hmac.compare_digest(request.dpop_jkt, party.jkt):
+                    raise InvalidRequest(f"the {role} token is DPoP-bound: the request needs a DPoP proof by its key")
+                if requested == JWT:
+                    raise InvalidRequest(f"the {role} token is DPoP-bound: it cannot become an outside-audience token")
         act: dict[str, Any] | None = subject.act
         mode = "self"
         if actor is not None:
-            if actor.principal == subject.principal:
-                mode = "self"
+            _check_may_act(subject.may_act, actor)
+            if actor.may_delegate:
+                mode = "delegation"
+                act = {"sub": actor.principal, **({"iss": actor.iss} if actor.iss != self._issuer else {})}
+                if subject.act:
+                    act["act"] = subject.act
+                if act_depth(act) > self._max_depth:
+                    raise InvalidRequest(f"the delegation chain would be deeper than {self._max_depth}")
+            elif actor.may_impersonate:
+                mode = "impersonation"
             else:
-                _check_may_act(subject.may_act, actor)
-                if actor.may_delegate:
-                    mode = "delegation"
-                    act = {"sub": actor.principal, **({"iss": actor.iss} if actor.iss != self._issuer else {})}
-                    if subject.act:
-                        act["act"] = subject.act
-                    if act_depth(act) > self._max_depth:
-                        raise InvalidRequest(f"the delegation chain would be deeper than {self._max_depth}")
-                elif actor.may_impersonate:
-                    mode = "impersonation"
-                else:
-                    raise InvalidRequest("the actor may neither delegate nor impersonate")
+                raise InvalidRequest("the actor may neither delegate nor impersonate")
         parties = [subject] + ([actor] if actor is not None and mode != "self" else [])
 
         audiences = narrow_audiences(requested_audiences(request), parties)
