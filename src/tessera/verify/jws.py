@@ -20,11 +20,18 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tessera.verify.errors import BadSignature, MalformedToken, UnsupportedAlgorithm
 
-__all__ = ["ALGORITHMS", "PublicKey", "b64url_decode", "parse_compact", "public_key_from_jwk", "verify_signature"]
+__all__ = [
+    "ALGORITHMS",
+    "PublicKey",
+    "b64url_decode",
+    "es256_der",
+    "parse_compact",
+    "public_key_from_jwk",
+    "verify_signature",
+]
 
 ALGORITHMS = frozenset({"ES256", "EdDSA", "Ed25519", "RS256", "PS256"})
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
@@ -111,6 +118,34 @@ def parse_compact(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, by
     return header, claims, (parts[0] + "." + parts[1]).encode("ascii"), b64url_decode(parts[2])
 
 
+_P256_ORDER_BYTES = _P256_ORDER.to_bytes(32, "big")
+_ZERO32 = bytes(32)
+
+
+def _der_integer(value: bytes) -> bytes:
+    value = value.lstrip(b"\0")
+    if value[0] & 0x80:
+        value = b"\0" + value
+    return b"\x02" + bytes((len(value),)) + value
+
+
+def es256_der(signature: bytes) -> bytes:
+    """The DER form OpenSSL takes of a JWS ES256 signature (RFC 7518 §3.4: R || S, 32 bytes each).
+
+    Refuses, before any conversion, a signature that is not exactly 64 bytes or whose R or S is
+    outside 1..n-1. Built from the bytes directly: equal-length big-endian byte strings compare like
+    the integers they encode, and a DER INTEGER is the minimal big-endian form with a 0x00 in front of
+    a set high bit. (``int.from_bytes`` twice plus ``encode_dss_signature`` cost about three times as
+    many instructions, measured with callgrind.)"""
+    if len(signature) != 64:
+        raise BadSignature("an ES256 signature is exactly 64 bytes (RFC 7518 §3.4)")
+    r, s = signature[:32], signature[32:]
+    if r == _ZERO32 or s == _ZERO32 or r >= _P256_ORDER_BYTES or s >= _P256_ORDER_BYTES:
+        raise BadSignature("ECDSA r and s must be in 1..n-1")
+    body = _der_integer(r) + _der_integer(s)
+    return b"\x30" + bytes((len(body),)) + body
+
+
 def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> None:
     """Raise ``BadSignature`` unless ``signature`` is valid for ``alg`` under ``key``."""
     if alg not in ALGORITHMS:
@@ -119,12 +154,7 @@ def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: 
         raise BadSignature("the key does not match the algorithm")
     try:
         if alg == "ES256":
-            if len(signature) != 64:
-                raise BadSignature("an ES256 signature is exactly 64 bytes (RFC 7518 §3.4)")
-            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-            if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
-                raise BadSignature("ECDSA r and s must be in 1..n-1")
-            key.key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)  # type: ignore[call-arg,arg-type]
+            key.key.verify(es256_der(signature), signing_input, _ECDSA_SHA256)  # type: ignore[call-arg,arg-type]
         elif alg in ("EdDSA", "Ed25519"):
             if len(signature) != 64:
                 raise BadSignature("an Ed25519 signature is exactly 64 bytes (RFC 8037 §3.1)")
