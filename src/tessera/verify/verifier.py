@@ -294,17 +294,35 @@ class Verifier:
         self._check_claims(claims)
         status_age = None
         stale = False
-        if "status" in claims or self.require_status:
-            ref = self._status_reference(claims)
-            assert ref is not None
-            entry = self.trust._lists.get(ref[0])
-            if entry is None or now >= entry.fast_until:
-                entry, stale = self.trust.status_sync(ref[0])
+        status = claims.get("status")
+        if status is not None or self.require_status:
+            ref = status.get("status_list") if type(status) is dict else None
+            uri: Any = ref.get("uri") if type(ref) is dict else None
+            idx: Any = ref.get("idx") if type(ref) is dict else None
+            entry = self.trust._lists.get(uri) if type(uri) is str else None
+            if (
+                entry is None
+                or now >= entry.fast_until
+                or type(idx) is not int
+                or not 0 <= idx < len(entry.status_list.data) * (8 // entry.status_list.bits)
+                or not uri.startswith(self.status_uri_prefix)
+            ):
+                # Anything but a fresh list and an index in it: the general steps, with their precise errors.
+                reference = self._status_reference(claims)
+                assert reference is not None
+                uri, idx = reference
+                entry, stale = self.trust.status_sync(uri)
+                value = entry.status_list.get(idx)
+            else:
+                bits = entry.status_list.bits
+                per_byte = 8 // bits
+                value = (entry.status_list.data[idx // per_byte] >> ((idx % per_byte) * bits)) & ((1 << bits) - 1)
             status_age = now - entry.issued_at
-            value = entry.status_list.get(ref[1])
             if value != VALID:
                 self._check_status(value)
-        return _claims(claims, _report(now - keys_cache.fetched_at, status_age, stale, self.trust.source))
+        out = Claims(claims)
+        out.report = tuple.__new__(Report, (now - keys_cache.fetched_at, status_age, stale, self.trust.source))
+        return out
 
     def _verify_sync(self, token: str) -> Claims:
         alg, kid, payload, signing_input, signature = self._parse(token)
