@@ -715,6 +715,8 @@ def test_down_scoping_an_own_token(env: Env) -> None:
     narrow = issued(exchange(env, token, ACCESS_TOKEN_TYPE, audience=DEPLOY, scope="read"))
     assert_oauth_error(exchange(env, narrow, ACCESS_TOKEN_TYPE, scope="deploy"), 400, "invalid_scope")
     assert_oauth_error(exchange(env, narrow, ACCESS_TOKEN_TYPE, audience=STS), 400, "invalid_target")
+    # the declared type must fit: Tessera issues access tokens, not ID tokens
+    refused(exchange(env, token, ID_TOKEN_TYPE), "not an id_token")
 
 
 def test_down_scoping_to_an_outbound_jwt_and_the_loop_guard(env: Env) -> None:

@@ -202,6 +202,9 @@ class TokenExchangeGrant:
         except Exception:
             raise InvalidRequest(f"the {role} token is not a JWT") from None
         if unverified.get("iss") == self._issuer:
+            if token_type == ID_TOKEN:
+                # RFC 8693 §3: the type says what the token is; Tessera issues no ID tokens.
+                raise InvalidRequest(f"the {role} token is a Tessera access token, not an id_token")
             return await self._own_party(token, role)
         try:
             identity = await self._registry.validate(token)
