@@ -123,18 +123,4 @@ def issuers_check(token: str) -> None:
             fail(f"refused{f' by {e.trust}' if e.trust else ''}: {e}")
     finally:
         rt.close()
-    b = identity.binding
-    echo_json(
-        {
-            "trust": identity.trust.name,
-            "principal": identity.principal,
-            "attributes": identity.attributes,
-            "binding": {
-                "audiences": list(b.audiences),
-                "scopes": list(b.scopes),
-                "max_lifetime": b.max_lifetime,
-                "may_delegate": b.may_delegate,
-                "may_impersonate": b.may_impersonate,
-            },
-        }
-    )
+    echo_json(identity.summary())

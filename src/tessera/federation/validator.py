@@ -72,6 +72,23 @@ class ExternalIdentity:
     def exp(self) -> int:
         return int(self.claims["exp"])
 
+    def summary(self) -> dict[str, Any]:
+        """What a dry run reports: as whom the token would be accepted and what it could get."""
+        b = self.binding
+        return {
+            "trust": self.trust.name,
+            "principal": self.principal,
+            "subject": self.subject,
+            "attributes": self.attributes,
+            "binding": {
+                "audiences": list(b.audiences),
+                "scopes": list(b.scopes),
+                "max_lifetime": b.max_lifetime,
+                "may_delegate": b.may_delegate,
+                "may_impersonate": b.may_impersonate,
+            },
+        }
+
 
 def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e11

@@ -256,20 +256,7 @@ def admin_app(
             return {"accepted": False, "reason": str(e), "trust": e.trust}
         if identity.trust.name != name:
             return {"accepted": False, "reason": f"the token belongs to trusted issuer {identity.trust.name}"}
-        b = identity.binding
-        return {
-            "accepted": True,
-            "principal": identity.principal,
-            "subject": identity.subject,
-            "attributes": identity.attributes,
-            "binding": {
-                "audiences": list(b.audiences),
-                "scopes": list(b.scopes),
-                "max_lifetime": b.max_lifetime,
-                "may_delegate": b.may_delegate,
-                "may_impersonate": b.may_impersonate,
-            },
-        }
+        return {"accepted": True, **identity.summary()}
 
     @app.get("/keys", summary="List signing keys and their lifecycle state")
     def list_keys(_: str = Depends(admin)) -> list[dict[str, Any]]:
