@@ -61,6 +61,8 @@ class IssuedToken:
     #: Status Type (draft-ietf-oauth-status-list §7): 0 VALID, 1 INVALID (revoked).
     status: int = 0
     revoked_at: int | None = None
+    #: RFC 8693: the Tessera token this one was exchanged from (its revocation revokes this one)
+    parent_jti: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def mint_access_token(
     grant_type: str,
     extra: dict[str, Any] | None = None,
     status: StatusEntry | None = None,
+    parent_jti: str | None = None,
 ) -> AccessToken:
     jti = new_jti()
     claims: dict[str, Any] = {
@@ -114,6 +117,7 @@ def mint_access_token(
         exp=now + lifetime,
         status_list=status.list_id if status else None,
         status_idx=status.idx if status else None,
+        parent_jti=parent_jti,
     )
     return AccessToken(value, record, claims)
 
@@ -129,6 +133,7 @@ def mint_identity_token(
     lifetime: int,
     grant_type: str,
     extra: dict[str, Any] | None = None,
+    parent_jti: str | None = None,
 ) -> AccessToken:
     """A token for an outside audience (a cloud STS, a partner API) that trusts Tessera as an OpenID
     issuer: ``typ: JWT``, one audience, minimal claims (``iss``, ``sub``, ``aud``, ``iat``, ``nbf``,
@@ -158,6 +163,7 @@ def mint_identity_token(
         grant_type=grant_type,
         iat=now,
         exp=now + lifetime,
+        parent_jti=parent_jti,
     )
     return AccessToken(value, record, claims)
 

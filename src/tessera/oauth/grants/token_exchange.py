@@ -84,6 +84,8 @@ class Party:
     use: AssertionUse | None = None
     #: RFC 9449 §6.1: the key thumbprint the presented token is bound to (``cnf.jkt``)
     jkt: str | None = None
+    #: the presented token's jti when Tessera issued it: the new token's parent (revoked with it)
+    token_jti: str | None = None
 
 
 def bound_key(claims: dict[str, Any]) -> str | None:
@@ -250,6 +252,7 @@ class TokenExchangeGrant:
             may_impersonate=bool(client and client.may_impersonate),
             client_id=str(claims.get("client_id") or sub),
             jkt=bound_key(claims),
+            token_jti=str(claims["jti"]),
         )
 
     # -- the grant ----------------------------------------------------------------------------------
@@ -321,6 +324,8 @@ class TokenExchangeGrant:
         if request.client is not None and request.client.assertion is not None:
             uses.append(request.client.assertion)
         ring = self._keys()
+        # Lineage: the subject's Tessera token, else the actor's — revoking it revokes what came of it.
+        parent = subject.token_jti or (actor.token_jti if actor is not None else None)
         extra: dict[str, Any] = {}
         if act:
             extra["act"] = act
@@ -338,6 +343,7 @@ class TokenExchangeGrant:
                 lifetime=lifetime,
                 grant_type=self.grant_type,
                 extra=extra,
+                parent_jti=parent,
             )
         else:
             if request.dpop_jkt:
@@ -356,6 +362,7 @@ class TokenExchangeGrant:
                 grant_type=self.grant_type,
                 extra=extra or None,
                 status=status,
+                parent_jti=parent,
             )
         event = AuditEvent(
             "token.issued",

@@ -235,6 +235,7 @@ _TOKEN_COLUMNS = (
     "status_list",
     "status_idx",
     "status",
+    "parent_jti",
 )
 
 
@@ -257,6 +258,7 @@ def insert_tokens(conn: sa.Connection, tokens: list[IssuedToken]) -> None:
                     t.status_list,
                     t.status_idx,
                     t.status,
+                    t.parent_jti,
                 )
                 for t in tokens
             ],
@@ -278,6 +280,7 @@ def _token(row: Any) -> IssuedToken:
         status_idx=row.status_idx,
         status=int(row.status),
         revoked_at=row.revoked_at,
+        parent_jti=row.parent_jti,
     )
 
 
@@ -295,7 +298,25 @@ def revoke_tokens(conn: sa.Connection, selector: TokenSelector, now: int, not_ex
     if selector.unexpired_only:
         where.append(t.exp >= not_expired_before)
     stmt = sa.update(issued_tokens).where(*where).values(revoked_at=now, status=INVALID).returning(*issued_tokens.c)
-    return [_token(r) for r in conn.execute(stmt)]
+    revoked = [_token(r) for r in conn.execute(stmt)]
+    # Tokens exchanged from a revoked token (RFC 8693 down-scoping, delegation) go with it, generation by
+    # generation: a stolen token laundered through token exchange before its revocation dies too.
+    parents = [r.jti for r in revoked]
+    for _ in range(64):
+        if not parents:
+            break
+        children: list[IssuedToken] = []
+        for i in range(0, len(parents), 500):
+            stmt = (
+                sa.update(issued_tokens)
+                .where(t.parent_jti.in_(parents[i : i + 500]), t.revoked_at.is_(None))
+                .values(revoked_at=now, status=INVALID)
+                .returning(*issued_tokens.c)
+            )
+            children.extend(_token(r) for r in conn.execute(stmt))
+        revoked.extend(children)
+        parents = [c.jti for c in children]
+    return revoked
 
 
 # -- status lists (draft-ietf-oauth-status-list) ---------------------------------------------------------

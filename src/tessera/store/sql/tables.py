@@ -64,6 +64,8 @@ issued_tokens = sa.Table(
     sa.Column("status_list", sa.Integer),
     sa.Column("status_idx", sa.Integer),
     sa.Column("status", sa.SmallInteger, nullable=False, server_default=sa.text("0")),
+    # RFC 8693: the Tessera token an exchanged token was derived from; revoking it revokes this one.
+    sa.Column("parent_jti", sa.String(64), index=True),
     # An entry is never given to two tokens (§13.3: "The Status Issuer MUST prevent any unintended double
     # allocation"); the second index serves the status list build: the entries of one list that are not VALID.
     sa.Index("uq_issued_tokens_status_entry", "status_list", "status_idx", unique=True),
