@@ -278,6 +278,19 @@ def test_jti_cache_is_bounded_and_fails_closed() -> None:
     assert len(cache) <= 3
 
 
+def test_one_key_cannot_fill_the_cache_for_everyone() -> None:
+    cache = JtiCache(ttl=10, max_entries=100, max_per_owner=5)
+    for i in range(5):
+        assert cache.seen(f"greedy {i}", 100, owner="greedy") is False
+    with pytest.raises(InvalidDPoPProof, match="by this key"):
+        cache.seen("greedy 5", 100, owner="greedy")
+    assert cache.seen("greedy 0", 100, owner="greedy") is True  # its replays are still caught
+    for i in range(20):  # others are unaffected
+        assert cache.seen(f"other {i}", 100, owner=f"other-{i % 4}") is False
+    assert cache.seen("greedy 6", 111, owner="greedy") is False  # its quota frees as entries expire
+    assert len(cache) <= 26
+
+
 # -- the token endpoint of a live server ------------------------------------------------------------------
 
 

@@ -242,34 +242,58 @@ class JtiCache:
     Bounded and thread-safe. An entry lives ``ttl`` seconds: use at least the proof's acceptance window
     (``max_age`` + 2 * ``leeway``, as a proof may be dated ``leeway`` in the future). When the cache
     holds ``max_entries`` unexpired entries it refuses new proofs rather than forget old ones (fail closed).
+
+    Entries may name an ``owner`` (the proof's key thumbprint): one owner holds at most ``max_per_owner``
+    unexpired entries, so a single client with a valid bound token cannot fill the cache and lock every
+    other client out; past its quota only its own proofs are refused.
     """
 
-    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl: float, max_entries: int = 100_000, max_per_owner: int | None = None) -> None:
         if ttl <= 0 or max_entries <= 0:
             raise ValueError("ttl and max_entries must be positive")
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_per_owner = max_per_owner if max_per_owner is not None else max(1, max_entries // 20)
         self._expiry: dict[str, float] = {}  # insertion order is (nearly) expiry order
+        self._owner_of: dict[str, str] = {}
+        self._per_owner: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def seen(self, key: str, now: float) -> bool:
+    def seen(self, key: str, now: float, owner: str | None = None) -> bool:
         """True if ``key`` was seen within its lifetime (a replay); otherwise remember it and return False.
 
-        Raises ``InvalidDPoPProof`` when the cache is full of unexpired entries."""
+        Raises ``InvalidDPoPProof`` when the cache, or the owner's share of it, is full of unexpired entries."""
         with self._lock:
             expiry = self._expiry.get(key)
             if expiry is not None:
                 if expiry > now:
                     return True
-                del self._expiry[key]
-            self._evict(now, 2 if len(self._expiry) < self.max_entries else len(self._expiry))
+                self._forget(key)
+            full = len(self._expiry) >= self.max_entries
+            over = owner is not None and self._per_owner.get(owner, 0) >= self.max_per_owner
+            self._evict(now, len(self._expiry) if full or over else 2)
             if len(self._expiry) >= self.max_entries:
                 raise InvalidDPoPProof("too many recent proofs to detect replays; refused (fail closed)")
+            if owner is not None:
+                if self._per_owner.get(owner, 0) >= self.max_per_owner:
+                    raise InvalidDPoPProof("too many recent proofs by this key; refused (fail closed)")
+                self._owner_of[key] = owner
+                self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
             self._expiry[key] = now + self.ttl
             return False
+
+    def _forget(self, key: str) -> None:
+        del self._expiry[key]
+        owner = self._owner_of.pop(key, None)
+        if owner is not None:
+            left = self._per_owner[owner] - 1
+            if left:
+                self._per_owner[owner] = left
+            else:
+                del self._per_owner[owner]
 
     def _evict(self, now: float, budget: int) -> None:
         """Drop up to ``budget`` expired entries from the oldest end."""
@@ -279,4 +303,4 @@ class JtiCache:
                 break
             stale.append(key)
         for key in stale:
-            del self._expiry[key]
+            self._forget(key)

@@ -391,7 +391,7 @@ class Verifier:
         if not hmac.compare_digest(checked.jkt, jkt):
             raise DPoPBindingMismatch("the proof is not signed by the key the token is bound to")
         # RFC 9449 §11.1: a proof is used once.
-        if self._dpop_jtis.seen(checked.jkt + " " + checked.jti, now):
+        if self._dpop_jtis.seen(checked.jkt + " " + checked.jti, now, owner=checked.jkt):
             raise InvalidDPoPProof("the proof was used before (jti replay)")
 
     def _parse(self, token: str) -> tuple[str, str | None, str, bytes, bytes]:
