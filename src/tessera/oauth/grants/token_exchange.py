@@ -204,23 +204,23 @@ class TokenExchangeGrant:
         except Exception:
             raise InvalidRequest(f"the {role} token is not a JWT") from None
         if unverified.get("iss") == self._issuer:
-            if token_type == ID_TOKEN:
-                # RFC 8693 §3: the type says what the token is; Tessera issues no ID tokens.
-                raise InvalidRequest(f"the {role} token is a Tessera access token, not an id_token")
-            return await self._own_party(token, role)
+            return await self._own_party(token, token_type, role)
         try:
             identity = await self._registry.validate(token)
         except FederationRefused as e:
             raise InvalidRequest(f"the {role} token is not accepted: {e}") from None
         return external_party(identity)
 
-    async def _own_party(self, token: str, role: str) -> Party:
+    async def _own_party(self, token: str, token_type: str, role: str) -> Party:
         header = _header(token)
         if str(header.get("typ", "")).lower() != "at+jwt":
             # The loop guard: what Tessera minted for an outside audience never comes back in.
             raise InvalidRequest(
                 f"the {role} token is not a Tessera access token (tokens for outside audiences are not accepted)"
             )
+        if token_type == ID_TOKEN:
+            # RFC 8693 §3: the declared type says what the token is; Tessera issues no ID tokens.
+            raise InvalidRequest(f"the {role} token is a Tessera access token, not an id_token")
         try:
             claims = read_access_token(token, self._keys(), self._issuer)
         except NotOurToken as e:
