@@ -99,3 +99,28 @@ def test_a_token_of_the_wrong_namespace_fails_the_trust_condition(srv, cluster, 
     with TokenSource(srv.issuer, AssertionFile(path, client_id)) as source, pytest.raises(TokenError) as e:
         source.token()
     assert e.value.error == "invalid_client"
+
+
+def test_no_client_at_all_the_platform_token_is_exchanged(srv, cluster, tmp_path) -> None:
+    from tessera.client import SubjectTokenFile
+
+    path = tmp_path / "token"
+    path.write_text(projected_token(cluster))
+    with TokenSource(srv.issuer, SubjectTokenFile(path), audience="https://ledger.example") as source:
+        token = source.token()
+        assert source.token() == token  # cached
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "cluster/" + SUBJECT and claims["aud"] == "https://ledger.example"
+
+    r = srv.cli(
+        "token", "--issuer", srv.issuer, "--subject-token-file", str(path), "--audience", "https://ledger.example"
+    )
+    assert r.returncode == 0, r.stderr
+    printed = jwt.decode(r.stdout.strip(), options={"verify_signature": False})
+    assert printed["sub"] == "cluster/" + SUBJECT and printed["jti"] != claims["jti"]
+
+    # an audience outside the trust configuration's binding is refused
+    r = srv.cli(
+        "token", "--issuer", srv.issuer, "--subject-token-file", str(path), "--audience", "https://nope.example"
+    )
+    assert r.returncode == 1 and "invalid_target" in r.stderr

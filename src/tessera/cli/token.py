@@ -32,6 +32,11 @@ from tessera.cli.common import fail
     type=click.Path(dir_okay=False),
     help="A federated assertion (projected service-account or CI OIDC token) in this file.",
 )
+@click.option(
+    "--subject-token-file",
+    type=click.Path(dir_okay=False),
+    help="No client: exchange the platform's identity token in this file (RFC 8693 token exchange).",
+)
 @click.option("--token-endpoint", help="Skip discovery (RFC 8414) and post here.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per HTTP request.")
 def token(
@@ -44,22 +49,34 @@ def token(
     alg: str | None,
     secret_env: str | None,
     assertion_file: str | None,
+    subject_token_file: str | None,
     token_endpoint: str | None,
     timeout: float,
 ) -> None:
-    """Print an access token (client credentials grant) for this workload.
+    """Print an access token for this workload.
 
-    Authenticate with exactly one of --key-file, --secret-env or --assertion-file.
+    As a client (client credentials grant), with exactly one of --key-file, --secret-env or
+    --assertion-file; or with no client, exchanging the platform's token in --subject-token-file.
     """
-    from tessera.client import AssertionFile, ClientSecret, Credential, PrivateKeyJwt, TokenError, TokenSource
+    from tessera.client import (
+        AssertionFile,
+        ClientSecret,
+        Credential,
+        PrivateKeyJwt,
+        SubjectTokenFile,
+        TokenError,
+        TokenSource,
+    )
 
-    chosen = [
-        name
-        for name, v in (("--key-file", key_file), ("--secret-env", secret_env), ("--assertion-file", assertion_file))
-        if v
-    ]
+    options = (
+        ("--key-file", key_file),
+        ("--secret-env", secret_env),
+        ("--assertion-file", assertion_file),
+        ("--subject-token-file", subject_token_file),
+    )
+    chosen = [name for name, v in options if v]
     if len(chosen) != 1:
-        fail("give exactly one of --key-file, --secret-env, --assertion-file", 2)
+        fail("give exactly one of --key-file, --secret-env, --assertion-file, --subject-token-file", 2)
     if (key_file or secret_env) and not client_id:
         fail(f"{chosen[0]} needs --client-id (or TESSERA_CLIENT_ID)", 2)
     credential: Credential
@@ -73,9 +90,11 @@ def token(
             if not secret:
                 fail(f"the environment variable {secret_env} is not set")
             credential = ClientSecret(client_id, secret)
-        else:
-            assert assertion_file
+        elif assertion_file:
             credential = AssertionFile(assertion_file, client_id)
+        else:
+            assert subject_token_file
+            credential = SubjectTokenFile(subject_token_file)
         with TokenSource(
             issuer, credential, audience=audiences, scope=scope, token_endpoint=token_endpoint, timeout=timeout
         ) as source:

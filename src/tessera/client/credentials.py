@@ -149,3 +149,33 @@ class AssertionFile:
 
     def __repr__(self) -> str:
         return f"AssertionFile({str(self.path)!r}, client_id={self.client_id!r})"
+
+
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+class SubjectTokenFile:
+    """No client at all: the platform's identity token in ``path`` (a projected service-account token, a
+    CI OIDC token) is exchanged for a Tessera token — RFC 8693 token exchange, anonymous; the server's
+    trust configuration for the token's issuer decides what it may get (docs/federation.md).
+
+    The file is read for every token request, like ``AssertionFile``.
+    """
+
+    def __init__(self, path: str | pathlib.Path, token_type: str = JWT_TOKEN_TYPE) -> None:
+        self.path = pathlib.Path(path)
+        self.token_type = token_type
+
+    def authenticate(self, token_endpoint: str) -> ClientAuthentication:
+        try:
+            token = self.path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenError("credential_unavailable", f"cannot read the subject token file {self.path}: {e}") from None
+        if token.count(".") != 2:
+            raise TokenError("credential_unavailable", f"{self.path} does not hold a compact JWT")
+        form = {"grant_type": TOKEN_EXCHANGE_GRANT, "subject_token": token, "subject_token_type": self.token_type}
+        return ClientAuthentication(form=form)
+
+    def __repr__(self) -> str:
+        return f"SubjectTokenFile({str(self.path)!r})"
