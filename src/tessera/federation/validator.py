@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -138,6 +139,17 @@ class IssuerRegistry:
             if t.name == name:
                 return t.raw
         return None
+
+    def configured_hosts(self) -> set[str]:
+        """The hosts named by the operator's configurations (issuer, pinned key or bundle URLs)."""
+        hosts = set()
+        for t in self._by_issuer.values():
+            for url in (t.issuer, t.jwks_uri, t.spiffe_bundle_uri):
+                if url and url.startswith(("https://", "http://")):
+                    host = urlsplit(url).hostname
+                    if host:
+                        hosts.add(host)
+        return hosts
 
     def get(self, name: str) -> TrustedIssuer | None:
         for t in self._by_issuer.values():

@@ -38,7 +38,7 @@ from tessera.settings import load_settings
 
 from .body import read_body, read_json
 from .fastpath import TokenFastPath
-from .outbound import JwksFetcher
+from .outbound import GuardedTransport, JwksFetcher
 from .responses import NO_STORE, json_response, oauth_error
 
 __all__ = ["KeyService", "build_app", "create_app"]
@@ -118,7 +118,11 @@ def build_app(runtime: Runtime) -> Any:
     issuer = settings.issuer
     keys = KeyService(runtime)
     fetch_jwks = JwksFetcher(clock, allow_private=settings.dev_mode)
-    federation = IssuerRegistry(load_trusted_issuers(settings, store), now=clock.now)
+    federation = IssuerRegistry(
+        load_trusted_issuers(settings, store),
+        now=clock.now,
+        transport=GuardedTransport(lambda: federation.configured_hosts(), allow_private=settings.dev_mode),
+    )
     issuers_seen = [sorted((t.name, repr(t.raw)) for t in federation.issuers)]
 
     async def reload_issuers() -> None:

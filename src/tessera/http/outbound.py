@@ -22,7 +22,7 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +31,7 @@ import httpx
 from tessera.clock import Clock
 from tessera.oauth.clients import Client
 
-__all__ = ["JwksFetcher", "OutboundRefused"]
+__all__ = ["GuardedTransport", "JwksFetcher", "OutboundRefused"]
 
 log = logging.getLogger("tessera.outbound")
 MAX_BYTES = 65536
@@ -118,3 +118,37 @@ class JwksFetcher:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """The transport of trusted-issuer key fetches (``tessera.federation``).
+
+    The hosts an operator configured — an issuer URL, a pinned ``jwks_uri`` or SPIFFE bundle URL — may be
+    anywhere, a cluster-internal Kubernetes API server included. Any other host (one an issuer's
+    discovery document names as its ``jwks_uri``) must resolve to public addresses only, unless
+    ``TESSERA_DEV_MODE``: a compromised or hostile discovery document cannot point Tessera at internal
+    services. Redirects are never followed (the clients using it do not follow them).
+    """
+
+    def __init__(self, configured_hosts: Callable[[], set[str]], *, allow_private: bool = False) -> None:
+        self._configured = configured_hosts
+        self._allow_private = allow_private
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if not self._allow_private and host not in self._configured():
+            port = request.url.port or (443 if request.url.scheme == "https" else 80)
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as e:
+                raise httpx.ConnectError(f"cannot resolve {host}", request=request) from e
+            for info in infos:
+                address = ipaddress.ip_address(info[4][0])
+                if not address.is_global or address.is_multicast:
+                    log.warning("refused a fetch of %s: %s resolves to a non-public address", request.url, host)
+                    raise httpx.ConnectError(f"{host} resolves to a non-public address", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
