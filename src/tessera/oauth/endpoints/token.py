@@ -1,11 +1,12 @@
 """The token endpoint — RFC 6749 §3.2, §5.1 and §5.2.
 
 Order of checks: grant_type present and registered (``unsupported_grant_type``) → client
-authentication (``invalid_client``) → the client may use this grant (``unauthorized_client``) →
-the DPoP proof, if any (``invalid_dpop_proof``, ``use_dpop_nonce``; RFC 9449 §5, §8) → the grant's own
-checks. Grants whose own credential suffices (token exchange, JWT bearer) may be
-called anonymously; a caller that presents client credentials is still authenticated. Every
-refusal after the body was parsed is an audit record.
+authentication (``invalid_client``) → the grant's parameters are present and well-formed
+(``invalid_request``) → the client may use this grant (``unauthorized_client``) → the DPoP proof,
+if any (``invalid_dpop_proof``, ``use_dpop_nonce``; RFC 9449 §5, §8) → the grant's own checks.
+Grants whose own credential suffices (token exchange, JWT bearer) may be called anonymously; a
+caller that presents client credentials is still authenticated. Every refusal after the body was
+parsed is an audit record.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class TokenEndpoint:
                 client_id = authn.client.client_id
                 if grant.requires_authentication and authn.method == "none":
                     raise InvalidClient("this grant requires client authentication", client_id=client_id)
-                if grant_type not in authn.client.grant_types:
-                    raise UnauthorizedClient(f"the client is not registered for {grant_type}", client_id=client_id)
+            grant.check_request(form)
+            if authn is not None and grant_type not in authn.client.grant_types:
+                raise UnauthorizedClient(f"the client is not registered for {grant_type}", client_id=client_id)
             # RFC 9449 §5: a token request with a DPoP proof gets a token bound to the proof's key.
             proof = headers.get("dpop")
             dpop_jkt = None

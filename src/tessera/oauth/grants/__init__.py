@@ -32,4 +32,12 @@ class Grant(Protocol):
     #: RFC 6749 §4.4 and friends: the grant is only for clients that authenticated.
     requires_authentication: ClassVar[bool]
 
-    async def respond(self, request: TokenRequest) -> TokenResponse: ...
+    def check_request(self, form: Form) -> None:
+        """The grant's own parameters are present and well-formed (``invalid_request`` otherwise).
+        Called by the token endpoint after client authentication and before it decides whether the
+        client may use the grant: a malformed request is reported as such (RFC 6749 §5.2)."""
+        ...
+
+    async def respond(self, request: TokenRequest) -> TokenResponse:
+        """Called only after ``check_request`` passed."""
+        ...

@@ -17,6 +17,7 @@ from typing import ClassVar
 from tessera.audit import AuditEvent
 from tessera.oauth.clients import Client, check_resource_uri, parse_scope
 from tessera.oauth.errors import InvalidClient, InvalidScope, InvalidTarget
+from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.keys import KeyRing
 from tessera.oauth.status_entries import StatusAllocator
@@ -78,6 +79,9 @@ class ClientCredentialsGrant:
         self._default_audience = default_audience
         self._statuses = status_allocator
         self._status_min_lifetime = status_min_lifetime
+
+    def check_request(self, form: Form) -> None:
+        return None  # scope and resource are checked against the client in respond
 
     async def respond(self, request: TokenRequest) -> TokenResponse:
         authn = request.client

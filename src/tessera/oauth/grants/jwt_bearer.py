@@ -17,6 +17,7 @@ from typing import ClassVar
 from tessera.audit import AuditEvent
 from tessera.federation.validator import FederationRefused, IssuerRegistry
 from tessera.oauth.errors import InvalidClient, InvalidGrant, InvalidRequest
+from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.grants.token_exchange import external_party, narrow_audiences, narrow_scope
 from tessera.oauth.keys import KeyRing
@@ -56,10 +57,12 @@ class JwtBearerGrant:
         self._statuses = status_allocator
         self._status_min_lifetime = status_min_lifetime
 
-    async def respond(self, request: TokenRequest) -> TokenResponse:
-        assertion = request.form.get("assertion")
-        if not assertion:
+    def check_request(self, form: Form) -> None:
+        if not form.get("assertion"):
             raise InvalidRequest("assertion is required (RFC 7523 §2.1)")
+
+    async def respond(self, request: TokenRequest) -> TokenResponse:
+        assertion = request.form["assertion"]
         try:
             identity = await self._registry.validate(assertion, audiences=self._audiences)
         except FederationRefused as e:

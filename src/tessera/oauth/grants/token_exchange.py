@@ -37,6 +37,7 @@ from tessera.federation.validator import ExternalIdentity, FederationRefused, Is
 from tessera.oauth.client_auth import AssertionUse
 from tessera.oauth.clients import Client, parse_scope
 from tessera.oauth.errors import InvalidClient, InvalidRequest, InvalidScope, InvalidTarget
+from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.keys import KeyRing
 from tessera.oauth.status_entries import StatusAllocator
@@ -256,8 +257,7 @@ class TokenExchangeGrant:
         )
 
     # -- the grant ----------------------------------------------------------------------------------
-    async def respond(self, request: TokenRequest) -> TokenResponse:
-        form = request.form
+    def check_request(self, form: Form) -> None:
         subject_token, subject_type = form.get("subject_token"), form.get("subject_token_type")
         if not subject_token or not subject_type:
             raise InvalidRequest("subject_token and subject_token_type are required (RFC 8693 §2.1)")
@@ -268,9 +268,14 @@ class TokenExchangeGrant:
             raise InvalidRequest("actor_token_type is required with actor_token, and only with it (RFC 8693 §2.1)")
         if actor_type is not None and actor_type not in SUBJECT_TYPES:
             raise InvalidRequest(f"actor_token_type must be one of {', '.join(SUBJECT_TYPES)}")
-        requested = form.get("requested_token_type") or ACCESS_TOKEN
-        if requested not in REQUESTED_TYPES:
+        if (form.get("requested_token_type") or ACCESS_TOKEN) not in REQUESTED_TYPES:
             raise InvalidRequest(f"requested_token_type must be one of {', '.join(REQUESTED_TYPES)}")
+
+    async def respond(self, request: TokenRequest) -> TokenResponse:
+        form = request.form  # well-formed: check_request passed
+        subject_token, subject_type = form["subject_token"], form["subject_token_type"]
+        actor_token, actor_type = form.get("actor_token"), form.get("actor_token_type")
+        requested = form.get("requested_token_type") or ACCESS_TOKEN
         # A public client (auth method "none") proved nothing: it is treated as an anonymous caller.
         authn = request.client
         caller = authn.client if authn is not None and authn.method != "none" else None
