@@ -644,3 +644,20 @@ def test_refusals_are_audited(server, basic) -> None:
     ]
     assert wrong not in json.dumps(records)
     assert basic["client_secret"] not in json.dumps(records)
+
+
+def test_a_malformed_grant_request_is_invalid_request_before_unauthorized_client(server, basic) -> None:
+    """The grant's parameters are checked before the client's grant registration (RFC 6749 §5.2): a
+    client registered for client_credentials only learns that its token-exchange request is malformed."""
+    exchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+    r = token_request(server, {"grant_type": exchange, "subject_token": "x"}, auth=basic["auth"])
+    assert_error(r, 400, "invalid_request")
+    assert "subject_token_type" in r.json()["error_description"]
+    well_formed = {
+        "grant_type": exchange,
+        "subject_token": "x.y.z",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    }
+    assert_error(token_request(server, well_formed, auth=basic["auth"]), 400, "unauthorized_client")
+    r = token_request(server, {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"}, auth=basic["auth"])
+    assert_error(r, 400, "invalid_request")
