@@ -264,10 +264,15 @@ def open_runtime(
             store.bootstrap_keys(settings.signing_algs, kek)
             sync_declared_clients(settings, store)
             sync_declared_issuers(settings, store)
+        runtime = Runtime(settings, store, kek, clock)
+        if bootstrap:
+            from tessera.approval_runtime import sync_declared_people
+
+            sync_declared_people(runtime)
     except Exception:
         store.close()
         raise
-    return Runtime(settings, store, kek, clock)
+    return runtime
 
 
 def export_bundle(runtime: Runtime, lifetime: int) -> str:

@@ -183,6 +183,63 @@ class Settings(BaseModel):
         4, ge=1, le=16, description="Deepest delegation chain (nested act claims, RFC 8693 §4.1) a token may carry."
     )
 
+    # -- human approvals and the channels that reach people (docs/approvals.md, docs/channels.md) --
+    people: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Approvers declared in the config file: person_id, name, email, groups, channels, owns, agent. "
+        "See docs/approvals.md.",
+    )
+    approval_link_ttl: int = Field(
+        600, ge=60, le=600, description="Lifetime of a one-time approval link, in seconds (at most 10 minutes)."
+    )
+    approval_max_ttl: int = Field(
+        3600, ge=60, le=86400, description="Longest an approval request may stay open; unanswered means denied."
+    )
+    enrolment_link_ttl: int = Field(
+        86400, ge=300, le=7 * 86400, description="Lifetime of a one-time authenticator enrolment link, in seconds."
+    )
+    approval_max_attempts: int = Field(
+        5, ge=1, le=20, description="Failed proofs allowed on one approval or enrolment link before it is locked."
+    )
+    approval_max_failures: int = Field(
+        20,
+        ge=1,
+        le=100,
+        description="Consecutive failed proofs by one person (across links and sessions) before the person is locked "
+        "until an operator unlocks them (`tessera people unlock`).",
+    )
+    messages_per_person_per_minute: int = Field(
+        5, ge=1, le=1000, description="Approval and enrolment messages one person may be sent per minute."
+    )
+    messages_per_requester_per_minute: int = Field(
+        20, ge=1, le=10000, description="Approval messages one requester may cause per minute (push-bombing guard)."
+    )
+    webauthn_rp_id: str = Field(
+        "", description="WebAuthn relying party id. Default: the issuer's host name (an IP address cannot be one)."
+    )
+    smtp_host: str = Field("", description="SMTP server for the e-mail channel; empty disables e-mail.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    smtp_tls: str = Field("starttls", description="SMTP transport security: starttls, tls or none (loopback only).")
+    smtp_from: str = Field("", description="Sender address of Tessera's e-mails.")
+    smtp_username: str = Field("", description="SMTP user name, if the server requires authentication.")
+    smtp_password: str = Field("", repr=False, description="SMTP password (secret).")
+    webhooks: list[dict[str, Any]] = Field(
+        default_factory=list,
+        repr=False,
+        description="Webhook channels: [{name, url, keys}] with Standard Webhooks keys (whsec_… symmetric, whsk_… "
+        "Ed25519); several keys sign together during a rotation. Secret.",
+    )
+    outbox_file: Path | None = Field(
+        None,
+        description="Development channel 'file': messages (links included) are appended to this file as JSON lines.",
+    )
+    outbox_max_attempts: int = Field(
+        8, ge=1, le=50, description="Delivery attempts of one message before it is dead-lettered."
+    )
+    outbox_poll_interval: float = Field(
+        1.0, gt=0, le=60, description="How often each server process looks for due outbox messages, in seconds."
+    )
+
     @field_validator("signing_algs")
     @classmethod
     def _algs(cls, v: list[str]) -> list[str]:
@@ -224,6 +281,19 @@ class Settings(BaseModel):
             object.__setattr__(self, "outbound_signing_alg", alg)
         elif self.outbound_signing_alg not in self.signing_algs:
             raise ValueError("outbound_signing_alg must be one of signing_algs")
+        if self.smtp_tls not in ("starttls", "tls", "none"):
+            raise ValueError("smtp_tls (TESSERA_SMTP_TLS): must be starttls, tls or none")
+        if self.smtp_host and self.smtp_tls == "none" and not is_loopback_host(self.smtp_host):
+            raise ValueError("smtp_tls (TESSERA_SMTP_TLS): 'none' is accepted only for a loopback SMTP server")
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("smtp_from (TESSERA_SMTP_FROM): required when smtp_host is set")
+        if self.people:
+            from tessera.approvals.people import PersonError, parse_people
+
+            try:
+                parse_people(self.people)
+            except PersonError as e:
+                raise ValueError(f"people: {e}") from None
         if self.trusted_issuers:
             from tessera.federation.config import FederationConfigError
 
@@ -246,6 +316,17 @@ class Settings(BaseModel):
         )
 
     @property
+    def rp_id(self) -> str:
+        """The WebAuthn relying party id: configured, else the issuer's host."""
+        return self.webauthn_rp_id or (urlsplit(self.issuer).hostname or "")
+
+    @property
+    def origin(self) -> str:
+        """The web origin of the issuer's pages (approval and enrolment): scheme://host[:port]."""
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
     def audience_default(self) -> str:
         return self.default_audience or self.issuer
 
@@ -262,9 +343,10 @@ class Settings(BaseModel):
 
     def masked(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        for k in ("kek", "admin_token", "registration_token"):
+        for k in ("kek", "admin_token", "registration_token", "smtp_password"):
             if out.get(k):
                 out[k] = "***"
+        out["webhooks"] = [{**w, "keys": ["***"] * len(w.get("keys") or [])} for w in out["webhooks"]]
         secret_keys = ("client_secret", "client_secret_sha256")
         out["clients"] = [{k: "***" if k in secret_keys and v else v for k, v in c.items()} for c in out["clients"]]
         if "@" in out["database_url"]:
@@ -290,7 +372,7 @@ def _env_value(name: str, raw: str, annotation: Any) -> Any:
     if name in ("signing_algs",):
         raw = raw.strip()
         return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
-    if name in ("clients", "trusted_issuers"):
+    if name in ("clients", "trusted_issuers", "people", "webhooks"):
         return json.loads(raw)
     return raw
 

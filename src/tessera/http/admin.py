@@ -28,8 +28,12 @@ from tessera.oauth.revocation import selector_from_request
 from tessera.runtime import Runtime, client_policy, delete_trusted_issuer, put_trusted_issuer
 from tessera.store.sql import repo
 
+from .admin_approvals import add_approval_routes
+
 if TYPE_CHECKING:
+    from tessera.approvals.service import ApprovalService
     from tessera.http.app import KeyService
+    from tessera.store.sql.outbox import SqlOutbox
 
 __all__ = ["admin_app"]
 
@@ -41,6 +45,8 @@ def admin_app(
     *,
     federation: IssuerRegistry | None = None,
     issuers_changed: Callable[[], Awaitable[None]] | None = None,
+    approvals: ApprovalService | None = None,
+    outbox: SqlOutbox | None = None,
 ) -> FastAPI:
     """``invalidate_status_lists`` is told which status lists a revocation changed (None: all of them)."""
     settings, store = runtime.settings, runtime.store
@@ -50,7 +56,8 @@ def admin_app(
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
-        description="Clients, trusted issuers, signing keys, token revocation and the audit log. Bearer admin token.",
+        description="Clients, trusted issuers, signing keys, token revocation, people and approvals, the outbox "
+        "and the audit log. Bearer admin token.",
     )
 
     bearer = HTTPBearer(auto_error=False, scheme_name="adminToken", description="TESSERA_ADMIN_TOKEN")
@@ -310,6 +317,9 @@ def admin_app(
     @app.get("/audit/verify", summary="Verify the audit hash chain")
     def audit_verify(_: str = Depends(admin)) -> dict[str, Any]:
         return store.verify_audit().as_json()
+
+    if approvals is not None and outbox is not None:
+        add_approval_routes(app, approvals, outbox, admin)
 
     def openapi() -> dict[str, Any]:
         """The generated document, told the truth about errors: 400/401/403 with the error body, never 422."""

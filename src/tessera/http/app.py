@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from tessera.approval_runtime import approval_service, build_channels
+from tessera.channels.outbox import OutboxWorker, RetryPolicy
 from tessera.federation.validator import IssuerRegistry
 from tessera.oauth.client_auth import ClientAuthenticator
 from tessera.oauth.dpop import DPoPChecker, nonce_secret
@@ -35,10 +38,12 @@ from tessera.oauth.keys import KeyRing
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.runtime import Runtime, client_policy, load_trusted_issuers, open_runtime, server_metadata
 from tessera.settings import load_settings
+from tessera.store.sql.outbox import SqlOutbox
 
 from .body import read_body, read_json
 from .fastpath import TokenFastPath
 from .outbound import GuardedTransport, JwksFetcher
+from .pages import page_routes
 from .responses import NO_STORE, json_response, oauth_error
 
 __all__ = ["KeyService", "build_app", "create_app"]
@@ -235,6 +240,27 @@ def build_app(runtime: Runtime) -> Any:
         writer=store,
         now=clock.now,
     )
+    # Human approvals: the service, the durable outbox and its worker, the pages.
+    channels = build_channels(settings)
+    loop_ref: list[asyncio.AbstractEventLoop] = []
+
+    def wake_outbox() -> None:
+        if loop_ref:
+            loop_ref[0].call_soon_threadsafe(outbox_worker.wake)
+
+    approvals = approval_service(runtime, channels=set(channels), on_enqueue=wake_outbox)
+    outbox = SqlOutbox(store.write_engine, store.now_ms)
+    outbox_worker = OutboxWorker(
+        outbox,
+        channels,
+        runtime.kek,
+        worker_id=process,
+        now=clock.now,
+        policy=RetryPolicy(max_attempts=settings.outbox_max_attempts),
+        poll_interval=settings.outbox_poll_interval,
+    )
+    kek_material = settings.kek or (settings.data_dir / "kek").read_text()
+    csrf_key = hashlib.sha256(b"tessera-csrf|" + kek_material.strip().encode()).digest()
     discovery = json.dumps(server_metadata(settings), separators=(",", ":")).encode()
     realm = issuer
 
@@ -319,6 +345,15 @@ def build_app(runtime: Runtime) -> Any:
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    async def approvals_background() -> None:
+        """Unanswered approval requests expire (a timeout is a denial) within a couple of seconds."""
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                await asyncio.to_thread(approvals.expire_due)
+            except Exception:
+                log.exception("expiring approval requests failed; retrying")
+
     async def background() -> None:
         while True:
             await asyncio.sleep(settings.key_refresh_interval)
@@ -333,12 +368,21 @@ def build_app(runtime: Runtime) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store.start()
         await keys.reload()
-        task = asyncio.create_task(background())
+        loop_ref.append(asyncio.get_running_loop())
+        stop_outbox = asyncio.Event()
+        tasks = [
+            asyncio.create_task(background()),
+            asyncio.create_task(approvals_background()),
+            asyncio.create_task(outbox_worker.run(stop_outbox)),
+        ]
         log.info("Tessera serving issuer %s", issuer)
         try:
             yield
         finally:
-            task.cancel()
+            stop_outbox.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if allocator is not None:
                 await allocator.close()
             await fetch_jwks.close()
@@ -363,13 +407,20 @@ def build_app(runtime: Runtime) -> Any:
             prefix + "/admin",
             app=AdminGate(
                 admin_app(
-                    runtime, keys, status_lists.invalidate, federation=federation, issuers_changed=reload_issuers
+                    runtime,
+                    keys,
+                    status_lists.invalidate,
+                    federation=federation,
+                    issuers_changed=reload_issuers,
+                    approvals=approvals,
+                    outbox=outbox,
                 ),
                 settings.admin_token,
                 settings.max_body_bytes,
             ),
         ),
     ]
+    routes += page_routes(approvals, prefix=prefix, csrf_key=csrf_key, secure_cookies=issuer.startswith("https://"))
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.
         routes.append(Route("/.well-known/oauth-authorization-server" + prefix, well_known, methods=["GET"]))

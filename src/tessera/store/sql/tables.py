@@ -6,12 +6,20 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "approval_links",
+    "approval_requests",
+    "approval_votes",
     "assertion_jtis",
     "audit_head",
     "audit_log",
+    "authenticators",
     "clients",
+    "enrolments",
     "issued_tokens",
     "metadata",
+    "outbox",
+    "people",
+    "rate_events",
     "signing_keys",
     "status_lists",
     "status_segments",
@@ -135,4 +143,118 @@ trusted_issuers = sa.Table(
     sa.Column("source", sa.String(32), nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# Human approvals (``tessera.approvals``). People are the approvers; their authenticators are passkeys
+# (public key and counters; nothing secret) and TOTP seeds (sealed under the KEK). Enrolment and approval
+# links are stored as SHA-256 hashes of the one-time token, never the token.
+people = sa.Table(
+    "people",
+    metadata,
+    sa.Column("person_id", sa.String(64), primary_key=True),
+    sa.Column("profile", sa.JSON, nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    # consecutive failed proofs across links and sessions; reset by a success, locked at the limit
+    sa.Column("failures", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("locked_at", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+authenticators = sa.Table(
+    "authenticators",
+    metadata,
+    sa.Column("authenticator_id", sa.String(128), primary_key=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("label", sa.String(128), nullable=False),
+    sa.Column("public", sa.JSON, nullable=False),
+    sa.Column("sealed_secret", sa.LargeBinary),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("last_used_at", sa.BigInteger),
+)
+
+enrolments = sa.Table(
+    "enrolments",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("state", sa.JSON, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("used_at", sa.BigInteger),
+)
+
+approval_requests = sa.Table(
+    "approval_requests",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("tx", sa.JSON, nullable=False),
+    sa.Column("tx_hash", sa.String(64), nullable=False),
+    sa.Column("binding_message", sa.String(128), nullable=False),
+    sa.Column("requester", sa.String(512), nullable=False, index=True),
+    sa.Column("policy", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("origin", sa.String(256)),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("decided_at", sa.BigInteger),
+)
+
+approval_links = sa.Table(
+    "approval_links",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("person_id", sa.String(64), nullable=False),
+    sa.Column("challenge", sa.JSON),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("viewed_at", sa.BigInteger),
+    sa.Column("used_at", sa.BigInteger),
+    sa.Column("superseded_at", sa.BigInteger),
+)
+
+approval_votes = sa.Table(
+    "approval_votes",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64), primary_key=True),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("evidence", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# The durable outbox: every message is a row before any delivery is tried. The body (it may hold a
+# one-time link) is sealed under the KEK with the message id as AAD; the other columns are not secret.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("recipient", sa.String(512), nullable=False),
+    sa.Column("ref", sa.String(128), index=True),
+    sa.Column("sealed_body", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
+    sa.Column("locked_by", sa.String(128)),
+    sa.Column("locked_until", sa.BigInteger),
+    sa.Column("last_error", sa.String(512)),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("delivered_at", sa.BigInteger),
+    sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+)
+
+# Sliding-window rate limits (messages per person / per requester per minute): one row per counted event.
+rate_events = sa.Table(
+    "rate_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("rate_key", sa.String(256), nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Index("ix_rate_events_key_ts", "rate_key", "ts"),
 )
