@@ -61,4 +61,8 @@ class Group(click.Group):
                 fail(str(e))
             if isinstance(e, OAuthError):
                 fail(f"{e.error}: {e.description}")
+            from tessera.approvals.errors import ApprovalError
+
+            if isinstance(e, ApprovalError):
+                fail(f"{e.code}: {e.description}")
             raise

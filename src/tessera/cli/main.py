@@ -10,6 +10,7 @@ import os
 
 import click
 
+from tessera.cli.approvals import approvals, outbox, people
 from tessera.cli.audit import audit
 from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
@@ -113,5 +114,5 @@ def db_upgrade() -> None:
 
 # -- clients -------------------------------------------------------------------------------------------
 
-for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token):
+for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token, people, approvals, outbox):
     main.add_command(command)
