@@ -298,9 +298,12 @@ class ApprovalService:
         return out
 
     def _enrolment(self, tx: ApprovalTx, token: str, lock: bool) -> tuple[EnrolmentRecord, PersonRecord]:
-        rec = tx.get_enrolment(hash_token(token), lock=lock)
+        rec = tx.get_enrolment(hash_token(token))
         if rec is None:
             raise LinkUnusable("unknown", "This enrolment link is not valid.")
+        if lock:  # the person first, then the enrolment (the order start_enrolment takes them in)
+            tx.get_person(rec.person_id, lock=True)
+            rec = tx.get_enrolment(rec.token_hash, lock=True) or rec
         if rec.used_at is not None:
             why = "superseded" if rec.state.get("superseded") else "used"
             raise LinkUnusable(why, "This enrolment link was already used or replaced by a newer one.")
@@ -651,11 +654,16 @@ class ApprovalService:
     def _link(
         self, tx: ApprovalTx, token: str, lock: bool
     ) -> tuple[LinkRecord, RequestRecord, PersonRecord, str | None]:
-        link = tx.get_link(hash_token(token), lock=lock)
+        link = tx.get_link(hash_token(token))
         if link is None:
             raise LinkUnusable("unknown", reason_text("unknown"))
         now = self._now()
-        rec = self._expire_if_due(tx, link.request_id, now) if lock else tx.get_request(link.request_id)
+        rec = tx.get_request(link.request_id)
+        if lock:
+            # One lock order everywhere: the request, then its links, then the person. (A decision that
+            # completes the quorum updates every link of the request.)
+            rec = self._expire_if_due(tx, link.request_id, now)
+            link = tx.get_link(link.token_hash, lock=True) or link
         person = tx.get_person(link.person_id, lock=lock)
         if rec is None or person is None:
             raise LinkUnusable("unknown", reason_text("unknown"))
