@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -438,10 +439,24 @@ def _path_prefix(issuer: str) -> str:
     return urlsplit(issuer).path.rstrip("/")
 
 
+class RedactLinks(logging.Filter):
+    """Access logs (debug level) never show a one-time token: ``/approve/<token>`` → ``/approve/…``."""
+
+    _PATH = re.compile(r"/(approve|enrol)/[A-Za-z0-9_-]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._PATH.sub(r"/\1/…", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self._PATH.sub(r"/\1/…", record.msg)
+        return True
+
+
 def create_app() -> Any:
     """Factory for uvicorn (also used by each worker process): configuration from the environment."""
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("uvicorn.access").addFilter(RedactLinks())
     for warning in settings.warnings():
         log.warning("%s", warning)
     return build_app(open_runtime(settings))
