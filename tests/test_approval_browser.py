@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import pathlib
 import re
 import time
 from collections.abc import Iterator
@@ -23,11 +22,12 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from approval_support import Mailbox, approval_server
-from browser_support import ARTIFACTS, TIMEOUT_MS, Device, chromium, csp_violations, skip_without_chromium
+from browser_support import TIMEOUT_MS, Device, chromium, csp_violations, skip_without_chromium
 from support import LiveServer
+from tessera.approvals.totp import code_at
 
 pytestmark = skip_without_chromium
-__all__ = ["chromium"]  # the session fixture, imported so pytest finds it here
+__all__ = ["chromium"]  # the session-scoped browser fixture, imported for pytest to find here
 
 expect.set_options(timeout=TIMEOUT_MS)
 
@@ -58,13 +58,21 @@ def approval_link(box: Mailbox, request_id: str, person: str, timeout: float = 1
     raise AssertionError(f"no approval link for {person} on {request_id} within {timeout}s")
 
 
+def press(device: Device, button: str, expected: str) -> str:
+    """Click ``button`` and wait for the page that follows; fail with that page's text unless it has
+    ``expected`` (the refusal pages say why: ``#reason`` on a gone page, ``#error`` on the same page)."""
+    device.page.click(button)
+    expect(device.page.locator(f"{expected}, #reason, #error").first).to_be_visible()
+    text = device.page.locator("main").inner_text()
+    assert device.page.locator(expected).count() == 1, f"{device.name} pressed {button}; the page says: {text}"
+    return text
+
+
 def enrol_with_passkey(device: Device, link: str, label: str) -> str:
     """The person opens their enrolment link, names the passkey and adds it; returns the result page's text."""
     device.open(link)
     device.page.fill("#passkey-label", label)
-    device.page.click("#add-passkey")
-    expect(device.page.locator("#enrolled")).to_be_visible()
-    return device.page.locator("main").inner_text()
+    return press(device, "#add-passkey", "#enrolled")
 
 
 def create(world: World, **body: Any) -> dict[str, Any]:
@@ -129,18 +137,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterat
         links = {pid: box.link("enrolment.link", pid) for pid in ("alice", "bob")}
         alice, bob = Device(chromium, "alice"), Device(chromium, "bob")
         devices += [alice, bob]
-        import os  # TMPHACK
-
-        if os.environ.get("TMP_ORIGIN_FIX"):  # TMPHACK
-
-            def fix(route, request):  # TMPHACK
-                h = dict(request.headers)  # TMPHACK
-                if h.get("origin") == "null":  # TMPHACK
-                    h["origin"] = srv.issuer  # TMPHACK
-                route.continue_(headers=h)  # TMPHACK
-
-            for d in devices:  # TMPHACK
-                d.context.route("**/*", fix)  # TMPHACK
         alice.open(links["alice"])
         alice.screenshot("enrol-page")
         texts = {
@@ -213,7 +209,7 @@ def test_approve_with_passkey_shows_the_transaction_and_records_an_aal2_vote(wor
     expect(page.locator("#approve-passkey")).to_be_visible()
     world.alice.screenshot("approval-page")
 
-    page.click("#approve-passkey")
+    press(world.alice, "#approve-passkey", "#outcome")
     expect(page.locator("#outcome")).to_have_text("Approval recorded")
     expect(page.locator("#status")).to_contain_text("approved")
     world.alice.screenshot("decided")
@@ -227,7 +223,7 @@ def test_approve_with_passkey_shows_the_transaction_and_records_an_aal2_vote(wor
 def test_deny_with_passkey(world: World) -> None:
     req = create(world, action="drop-table", resource="postgres://prod/payments/ledger")
     world.alice.open(approval_link(world.box, req["request_id"], "alice"))
-    world.alice.page.click("#deny-passkey")
+    press(world.alice, "#deny-passkey", "#outcome")
     expect(world.alice.page.locator("#outcome")).to_have_text("Denial recorded")
     expect(world.alice.page.locator("#status")).to_contain_text("denied")
     world.alice.screenshot("denied")
@@ -243,7 +239,7 @@ def test_quorum_of_two_people_each_on_their_own_device(world: World) -> None:
 
     world.alice.open(links["alice"])
     expect(world.alice.page.locator("#tx-quorum")).to_contain_text("2 of 2 approvers")
-    world.alice.page.click("#approve-passkey")
+    press(world.alice, "#approve-passkey", "#outcome")
     expect(world.alice.page.locator("#outcome")).to_have_text("Approval recorded")
     expect(world.alice.page.locator("#status")).to_contain_text("pending")
     expect(world.alice.page.locator("#status")).to_contain_text("1 more approval")
@@ -254,7 +250,7 @@ def test_quorum_of_two_people_each_on_their_own_device(world: World) -> None:
     assert_gone(world.alice, links["alice"], ("used",), "reused-link-pending")
 
     world.bob.open(links["bob"])
-    world.bob.page.click("#approve-passkey")
+    press(world.bob, "#approve-passkey", "#outcome")
     expect(world.bob.page.locator("#outcome")).to_have_text("Approval recorded")
     expect(world.bob.page.locator("#status")).to_contain_text("approved")
     view = read(world, req["request_id"])
@@ -267,11 +263,13 @@ def test_a_used_link_cannot_be_used_again(world: World) -> None:
     req = create(world, action="restart", resource="k8s:prod/deployment/api")
     link = approval_link(world.box, req["request_id"], "alice")
     world.alice.open(link)
-    world.alice.page.click("#approve-passkey")
+    press(world.alice, "#approve-passkey", "#outcome")
     expect(world.alice.page.locator("#outcome")).to_have_text("Approval recorded")
-    assert_gone(world.alice, link, ("used", "approved"), "reused-link")
-    # The browser's back button brings back no stale form either (no-store): the page is gone.
+    # Back to the form: the page is no-store, so the browser asks again and the link is spent.
+    world.alice.page.go_back()
+    expect(world.alice.page.locator("#reason")).to_have_attribute("data-reason", "approved")
     assert world.alice.page.locator("#approve-passkey").count() == 0
+    assert_gone(world.alice, link, ("used", "approved"), "reused-link")
     assert votes(read(world, req["request_id"])) == [("alice", "approve", "aal2")]
 
 
@@ -313,15 +311,57 @@ def test_a_link_opened_in_another_persons_session_decides_nothing(world: World) 
         }"""
     )
     expect(page.locator("#error")).to_contain_text("not accepted")
+    world.bob.screenshot("wrong-person-refused")
     view = read(world, req["request_id"])
     assert (view["status"], view["votes"]) == ("pending", [])
 
     # The link still belongs to Alice: in her browser it works.
     world.alice.open(link)
-    world.alice.page.click("#approve-passkey")
+    press(world.alice, "#approve-passkey", "#outcome")
     expect(world.alice.page.locator("#outcome")).to_have_text("Approval recorded")
     assert votes(read(world, req["request_id"])) == [("alice", "approve", "aal2")]
     assert_no_csp_violation(world.alice, world.bob)
+
+
+def test_a_synced_passkey_does_not_reach_aal3(world: World) -> None:
+    """AAL3 needs a device-bound key (NIST SP 800-63B §2.3); the virtual authenticator's is backup-eligible."""
+    req = create(world, assurance="aal3", action="export-keys", resource="kms:prod/root")
+    link = approval_link(world.box, req["request_id"], "alice")
+    world.alice.open(link)
+    expect(world.alice.page.locator("#tx-quorum")).to_contain_text("AAL3")
+    press(world.alice, "#approve-passkey", "#error")
+    expect(world.alice.page.locator("#error")).to_contain_text("AAL3")
+    expect(world.alice.page.locator("#error")).to_contain_text("AAL2")
+    view = read(world, req["request_id"])
+    assert (view["status"], view["votes"]) == ("pending", [])
+    assert_no_csp_violation(world.alice)
+
+
+def test_code_path_works_without_passkeys(world: World, chromium: Browser) -> None:
+    """The form-only path (no WebAuthn): a person enrols an authenticator app and approves with its code."""
+    r = world.admin.put("/people/carol", json={"name": "Carol Example", "channels": ["file"]})
+    assert r.status_code == 201, r.text
+    assert world.admin.post("/people/carol/enrolment").status_code == 202
+    carol = Device(chromium, "carol")
+    try:
+        carol.open(world.box.link("enrolment.link", "carol"))
+        press(carol, "#start-totp", "#totp-secret")
+        secret_b32 = carol.page.locator("#totp-secret").inner_text().strip()
+        secret = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+        carol.page.fill("#code", code_at(secret, time.time()))
+        press(carol, "#totp-confirm", "#enrolled")
+
+        req = create(world, approvers=["carol"], assurance="aal1", action="read-logs", resource="logs:prod/api")
+        carol.open(approval_link(world.box, req["request_id"], "carol"))
+        expect(carol.page.locator("#approve-passkey")).to_have_count(0)
+        # The enrolment used the current 30 s step (RFC 6238 §5.2: a code is accepted once): the next one.
+        carol.page.fill("#code", code_at(secret, time.time() + 30))
+        press(carol, "#approve-code", "#outcome")
+        expect(carol.page.locator("#outcome")).to_have_text("Approval recorded")
+        assert votes(read(world, req["request_id"])) == [("carol", "approve", "aal1")]
+        assert_no_csp_violation(carol)
+    finally:
+        carol.close()
 
 
 def test_self_approval_is_refused(world: World) -> None:
@@ -336,7 +376,7 @@ def test_self_approval_is_refused(world: World) -> None:
 
     world.bob.open(approval_link(world.box, own["request_id"], "bob"))
     expect(world.bob.page.locator("#tx-requester")).to_have_text("person:alice")
-    world.bob.page.click("#approve-passkey")
+    press(world.bob, "#approve-passkey", "#outcome")
     expect(world.bob.page.locator("#outcome")).to_have_text("Approval recorded")
     assert votes(read(world, own["request_id"])) == [("bob", "approve", "aal2")]
 
@@ -364,8 +404,7 @@ def test_an_expired_request_link_shows_why(world: World) -> None:
     remaining = req["expires_at"] - time.time()
     if remaining > -1:
         time.sleep(remaining + 1.2)  # the server compares whole seconds
-    reason = assert_gone(world.alice, req["link"], ("request_expired", "expired"), "expired-link")
-    assert reason == "request_expired"
+    # The request's expiry decides (a timeout is a denial); its links expire with it.
+    assert_gone(world.alice, req["link"], ("request_expired",), "expired-link")
     view = read(world, req["request_id"])
     assert (view["status"], view["votes"]) == ("expired", [])
-    assert pathlib.Path(ARTIFACTS / "expired-link.png").exists()

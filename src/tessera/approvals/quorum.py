@@ -45,13 +45,14 @@ class Policy:
 def ineligibility(person: Person, requester: str, delegation: Sequence[str]) -> str | None:
     """Why ``person`` may not approve a request by ``requester`` (None: they may)."""
     chain = {requester, *delegation}
+    folded = {c.lower() for c in chain}  # e-mail addresses compare without case
     if person.agent:
         return "agents never approve"
     if person.disabled:
         return "the person is disabled"
     if person.person_id in chain or f"person:{person.person_id}" in chain:
         return "the requester cannot approve its own request"
-    if person.email is not None and person.email in chain:
+    if person.email is not None and person.email.lower() in folded:
         return "the requester cannot approve its own request"
     owned = chain.intersection(person.owns)
     if owned:

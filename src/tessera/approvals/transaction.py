@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessera.audit import canonical_json
+import rfc8785
 
 from .errors import InvalidApprovalRequest
 
@@ -131,7 +131,7 @@ class Transaction:
             environment=env,
             binding_message=message,
         )
-        if len(canonical_json(tx.to_json())) > MAX_TX_BYTES:
+        if len(canonical(tx.to_json())) > MAX_TX_BYTES:
             raise InvalidApprovalRequest(f"the transaction is larger than {MAX_TX_BYTES} bytes")
         return tx
 
@@ -140,8 +140,16 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def canonical(tx_json: Mapping[str, Any]) -> bytes:
+    """RFC 8785 (JCS) serialization (the ``rfc8785`` library: ES6 number formatting, UTF-16 key order)."""
+    try:
+        return rfc8785.dumps(dict(tx_json))
+    except (rfc8785.CanonicalizationError, ValueError, TypeError) as e:
+        raise InvalidApprovalRequest(f"the transaction cannot be canonicalized (RFC 8785): {e}") from None
+
+
 def tx_hash_of(tx_json: Mapping[str, Any]) -> str:
-    return _b64(hashlib.sha256(canonical_json(dict(tx_json))).digest())
+    return _b64(hashlib.sha256(canonical(tx_json)).digest())
 
 
 def check_code(tx_hash: str) -> str:

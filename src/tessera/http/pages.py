@@ -81,8 +81,13 @@ def page_routes(service: ApprovalService, *, prefix: str, csrf_key: bytes, secur
 
     def check_csrf(request: Request, token: str, sent: str | None) -> None:
         # Fetch metadata and Origin: a cross-site POST is refused before anything is read.
+        # Under Referrer-Policy no-referrer a browser sends "Origin: null" on its own same-origin form
+        # posts (Fetch §3.2.5), so "null" is not proof of a foreign site; the CSRF token decides then.
         seen = request.headers.get("origin")
-        if seen is not None and seen != origin:
+        site = request.headers.get("sec-fetch-site")
+        if (seen not in (None, "null") and seen != origin) or (
+            site is not None and site not in ("same-origin", "none")
+        ):
             raise LinkUnusable("csrf", "This form was sent from another site; refused.")
         cookie = request.cookies.get(CSRF_COOKIE, "")
         if not cookie or not sent or not hmac.compare_digest(sent, csrf_for(cookie, token)):
@@ -165,6 +170,10 @@ def page_routes(service: ApprovalService, *, prefix: str, csrf_key: bytes, secur
         fields = await form(request)
         check_csrf(request, token, fields.get("csrf"))
         decision = fields.get("decision", "")
+        if not fields.get("tx_hash"):
+            # The page always sends the hash of the transaction it showed; a decision without it is
+            # not bound to what the person saw (a TOTP code carries no binding of its own).
+            raise LinkUnusable("tampered", "The form did not say which transaction it showed; refused.")
         try:
             result = await run_in_threadpool(
                 lambda: service.decide(
@@ -172,7 +181,7 @@ def page_routes(service: ApprovalService, *, prefix: str, csrf_key: bytes, secur
                     decision,
                     credential=fields.get("credential") or None,
                     code=fields.get("code") or None,
-                    shown_tx_hash=fields.get("tx_hash") or None,
+                    shown_tx_hash=fields["tx_hash"],
                 )
             )
         except ProofRefused as e:
