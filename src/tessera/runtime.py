@@ -45,6 +45,7 @@ SUPPORTED_GRANTS = (
     "client_credentials",
     "urn:ietf:params:oauth:grant-type:token-exchange",
     "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "urn:openid:params:grant-type:ciba",
 )
 
 
@@ -63,6 +64,7 @@ def server_metadata(settings: Settings) -> dict[str, Any]:
         grant_types=SUPPORTED_GRANTS,
         signing_algs=settings.signing_algs,
         registration=bool(settings.registration_token),
+        authorization_details_types=settings.authorization_details_types,
     )
 
 

@@ -236,6 +236,22 @@ class Settings(BaseModel):
     outbox_max_attempts: int = Field(
         8, ge=1, le=50, description="Delivery attempts of one message before it is dead-lettered."
     )
+    ciba_max_expiry: int = Field(
+        600,
+        ge=30,
+        le=3600,
+        description="Longest CIBA authentication request (expires_in), in seconds; "
+        "a smaller requested_expiry is honoured.",
+    )
+    ciba_interval: int = Field(5, ge=1, le=60, description="Minimum seconds between CIBA token polls (interval).")
+    ciba_default_acr: str = Field(
+        "aal2", description="Assurance a CIBA request needs when it names no acr_values: aal1, aal2 or aal3."
+    )
+    id_token_lifetime: int = Field(300, ge=60, le=3600, description="Lifetime of ID tokens (CIBA), in seconds.")
+    authorization_details_types: list[str] = Field(
+        default_factory=lambda: ["payment_initiation", "account_information", "deployment", "tool_invocation"],
+        description="RFC 9396 authorization_details types accepted (and advertised).",
+    )
     outbox_poll_interval: float = Field(
         1.0, gt=0, le=60, description="How often each server process looks for due outbox messages, in seconds."
     )
@@ -281,6 +297,8 @@ class Settings(BaseModel):
             object.__setattr__(self, "outbound_signing_alg", alg)
         elif self.outbound_signing_alg not in self.signing_algs:
             raise ValueError("outbound_signing_alg must be one of signing_algs")
+        if self.ciba_default_acr not in ("aal1", "aal2", "aal3"):
+            raise ValueError("ciba_default_acr (TESSERA_CIBA_DEFAULT_ACR): must be aal1, aal2 or aal3")
         if self.smtp_tls not in ("starttls", "tls", "none"):
             raise ValueError("smtp_tls (TESSERA_SMTP_TLS): must be starttls, tls or none")
         if self.smtp_host and self.smtp_tls == "none" and not is_loopback_host(self.smtp_host):
@@ -372,7 +390,7 @@ def _env_value(name: str, raw: str, annotation: Any) -> Any:
     if name in ("signing_algs",):
         raw = raw.strip()
         return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
-    if name in ("clients", "trusted_issuers", "people", "webhooks"):
+    if name in ("clients", "trusted_issuers", "people", "webhooks", "authorization_details_types"):
         return json.loads(raw)
     return raw
 

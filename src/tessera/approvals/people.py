@@ -7,6 +7,7 @@ TOTP) are enrolled by the person through a one-time enrolment link, never set by
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,18 @@ _EMAIL = re.compile(
     r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z0-9-]{2,63}$|^[^\s@<>()\[\],;:\"\\]{1,64}@localhost$"
 )
 _CHANNEL = re.compile(r"^(email|file|webhook:[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$")
-_FIELDS = {"person_id", "name", "email", "groups", "channels", "owns", "agent", "disabled"}
+_FIELDS = {
+    "person_id",
+    "name",
+    "email",
+    "groups",
+    "channels",
+    "owns",
+    "agent",
+    "disabled",
+    "user_code",
+    "user_code_sha256",
+}
 
 
 class PersonError(ValueError):
@@ -40,6 +52,8 @@ class Person:
     #: a non-human entry (a bot that receives notices): never eligible to approve
     agent: bool = False
     disabled: bool = False
+    #: CIBA §7.1 user_code: a secret the person chose, known to them and the client's user; SHA-256 only
+    user_code_sha256: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,7 +66,15 @@ class Person:
             "owns": list(self.owns),
             "agent": self.agent,
             "disabled": self.disabled,
+            **({"user_code_sha256": self.user_code_sha256} if self.user_code_sha256 else {}),
         }
+
+    def user_code_matches(self, code: str) -> bool:
+        import hmac
+
+        if self.user_code_sha256 is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(code.encode()).hexdigest(), self.user_code_sha256)
 
     def matches_hint(self, hint: str) -> bool:
         return hint == self.person_id or (self.email is not None and hint.lower() == self.email.lower())
@@ -96,6 +118,14 @@ def parse_person(raw: Mapping[str, Any], person_id: str | None = None) -> Person
         channels = ("email",) if email else ("file",)
     if "email" in channels and not email:
         raise PersonError(f"{where}.channels: 'email' needs an email address")
+    code_hash = raw.get("user_code_sha256")
+    if raw.get("user_code") is not None:
+        code = raw["user_code"]
+        if not isinstance(code, str) or not 6 <= len(code) <= 64 or any(ord(c) < 32 for c in code):
+            raise PersonError(f"{where}.user_code: 6-64 printable characters")
+        code_hash = hashlib.sha256(code.encode()).hexdigest()
+    elif code_hash is not None and (not isinstance(code_hash, str) or not re.fullmatch(r"[0-9a-f]{64}", code_hash)):
+        raise PersonError(f"{where}.user_code_sha256: 64 lowercase hex digits")
     for flag in ("agent", "disabled"):
         if not isinstance(raw.get(flag, False), bool):
             raise PersonError(f"{where}.{flag}: must be true or false")
@@ -108,6 +138,7 @@ def parse_person(raw: Mapping[str, Any], person_id: str | None = None) -> Person
         owns=_strings(raw.get("owns"), f"{where}.owns", None, 256),
         agent=raw.get("agent", False),
         disabled=raw.get("disabled", False),
+        user_code_sha256=code_hash,
     )
 
 

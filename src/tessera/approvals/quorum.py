@@ -28,21 +28,40 @@ class Policy:
     deny_is_final: bool
     #: the people who may vote, resolved at creation (person ids, sorted)
     eligible: tuple[str, ...]
+    #: the person approves for themselves (CIBA: the user the client acts for): owning the client is
+    #: not a conflict then; being the requester, an agent or disabled still is
+    self_service: bool = False
+    #: a message sent once the request is decided (CIBA ping), sealed: {id, channel, kind, recipient, sealed}
+    on_decision: Mapping[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "quorum": self.quorum,
             "assurance": self.assurance,
             "deny_is_final": self.deny_is_final,
             "eligible": list(self.eligible),
         }
+        if self.self_service:
+            out["self_service"] = True
+        if self.on_decision is not None:
+            out["on_decision"] = dict(self.on_decision)
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Policy:
-        return cls(raw["quorum"], raw["assurance"], raw["deny_is_final"], tuple(raw["eligible"]))
+        return cls(
+            raw["quorum"],
+            raw["assurance"],
+            raw["deny_is_final"],
+            tuple(raw["eligible"]),
+            bool(raw.get("self_service", False)),
+            raw.get("on_decision"),
+        )
 
 
-def ineligibility(person: Person, requester: str, delegation: Sequence[str]) -> str | None:
+def ineligibility(
+    person: Person, requester: str, delegation: Sequence[str], *, self_service: bool = False
+) -> str | None:
     """Why ``person`` may not approve a request by ``requester`` (None: they may)."""
     chain = {requester, *delegation}
     folded = {c.lower() for c in chain}  # e-mail addresses compare without case
@@ -55,7 +74,7 @@ def ineligibility(person: Person, requester: str, delegation: Sequence[str]) -> 
     if person.email is not None and person.email.lower() in folded:
         return "the requester cannot approve its own request"
     owned = chain.intersection(person.owns)
-    if owned:
+    if owned and not self_service:
         return f"the person owns {sorted(owned)[0]}, which is in the request's delegation chain"
     return None
 
@@ -67,6 +86,7 @@ def eligible_people(
     groups: Sequence[str],
     requester: str,
     delegation: Sequence[str],
+    self_service: bool = False,
 ) -> tuple[list[Person], dict[str, str]]:
     """The named people and the members of the named groups who may vote, and why the others may not."""
     named, wanted = set(approvers), set(groups)
@@ -75,7 +95,7 @@ def eligible_people(
     for p in people:
         if p.person_id not in named and not wanted.intersection(p.groups):
             continue
-        why = ineligibility(p, requester, delegation)
+        why = ineligibility(p, requester, delegation, self_service=self_service)
         if why is None:
             eligible.append(p)
         else:

@@ -432,7 +432,18 @@ class ApprovalService:
         return out
 
     # -- approval requests ---------------------------------------------------------------------------------
-    def create_request(self, body: dict[str, Any], actor: str, origin: str | None = None) -> dict[str, Any]:
+    def create_request(
+        self,
+        body: dict[str, Any],
+        actor: str,
+        origin: str | None = None,
+        *,
+        self_service: bool = False,
+        on_decision: Message | None = None,
+        also: Callable[[ApprovalTx, str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Open a request. ``on_decision`` is sent (through the outbox) when it is approved or denied;
+        ``also(tx, request_id)`` runs in the same transaction (CIBA stores its own record there)."""
         if not isinstance(body, dict):
             raise InvalidApprovalRequest("the approval request is a JSON object")
         now = self._now()
@@ -462,6 +473,7 @@ class ApprovalService:
                 groups=body.get("groups", []),
                 requester=tx_.requester,
                 delegation=tx_.delegation,
+                self_service=self_service,
             )
             for pid, why in excluded.items():
                 if "requester" in why or "owns" in why:
@@ -474,6 +486,17 @@ class ApprovalService:
                         )
                     )
             policy = make_policy(body, eligible)
+            if self_service or on_decision is not None:
+                sealed = None
+                if on_decision is not None:
+                    sealed = {
+                        "id": on_decision.id,
+                        "channel": on_decision.channel,
+                        "kind": on_decision.kind,
+                        "recipient": on_decision.recipient,
+                        "sealed": _b64(on_decision.seal(self.sealer)),
+                    }
+                policy = replace(policy, self_service=self_service, on_decision=sealed)
             counts = {f"person:{p.person_id}": len(p.channels) for p in eligible}
             counts[f"requester:{tx_.requester}"] = sum(counts.values())
             self._limit(tx, counts, now, actor, request_id)
@@ -511,6 +534,8 @@ class ApprovalService:
                 )
             )
             self._send_links(tx, rec, eligible, now)
+            if also is not None:
+                also(tx, request_id)
             return self._view(rec, [], excluded)
 
         out = self.store.run(work)
@@ -708,7 +733,8 @@ class ApprovalService:
         if reason is not None:
             raise LinkUnusable(reason, reason_text(reason))
         p = person.person
-        if p.person_id not in rec.policy.eligible or ineligibility(p, rec.requester, rec.tx.delegation) is not None:
+        why = ineligibility(p, rec.requester, rec.tx.delegation, self_service=rec.policy.self_service)
+        if p.person_id not in rec.policy.eligible or why is not None:
             tx.audit(
                 AuditEvent(
                     "approval.self_approval_refused",
@@ -888,11 +914,34 @@ class ApprovalService:
                     )
                 )
                 rec = replace(rec, status=result, decided_at=now)
+                self._notify_decision(tx, rec, now)
             view = self._view(rec, votes)
             view["counted"] = counted
             return view
 
         return self.store.run(work)
+
+    def _notify_decision(self, tx: ApprovalTx, rec: RequestRecord, now: int) -> None:
+        note = rec.policy.on_decision
+        if note is None:
+            return
+        meta = Message(
+            id=note["id"],
+            channel=note["channel"],
+            kind=note["kind"],
+            recipient=note["recipient"],
+            subject="",
+            text="",
+            ref=rec.request_id,
+        )
+        tx.enqueue(meta, _unb64(note["sealed"]), now * 1000)
+        tx.audit(
+            AuditEvent(
+                "message.queued",
+                subject=rec.requester,
+                data={"message_id": meta.id, "channel": meta.channel, "kind": meta.kind, "ref": rec.request_id},
+            )
+        )
 
     def _failed(
         self, tx: ApprovalTx, link: LinkRecord, rec: RequestRecord, person: PersonRecord, reason: str, now: int

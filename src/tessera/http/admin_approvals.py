@@ -22,8 +22,11 @@ __all__ = ["add_approval_routes", "person_view"]
 
 
 def person_view(rec: PersonRecord, auths: list[AuthenticatorRecord]) -> dict[str, Any]:
+    profile = rec.person.to_json()
+    # A user code is short and chosen by a person: even its hash is not shown.
+    profile["has_user_code"] = profile.pop("user_code_sha256", None) is not None
     return {
-        **rec.person.to_json(),
+        **profile,
         "source": rec.source,
         "failures": rec.failures,
         "locked": rec.locked_at is not None,

@@ -13,25 +13,29 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from tessera.approval_runtime import approval_service, build_channels
+from tessera.channels.ciba_ping import CibaPingChannel
 from tessera.channels.outbox import OutboxWorker, RetryPolicy
 from tessera.federation.validator import IssuerRegistry
 from tessera.oauth.client_auth import ClientAuthenticator
 from tessera.oauth.dpop import DPoPChecker, nonce_secret
+from tessera.oauth.endpoints.backchannel import BackchannelEndpoint, CibaPolicy
 from tessera.oauth.endpoints.introspection import IntrospectionEndpoint
 from tessera.oauth.endpoints.registration import RegistrationEndpoint
 from tessera.oauth.endpoints.revocation import RevocationEndpoint
 from tessera.oauth.endpoints.status_lists import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
 from tessera.oauth.endpoints.status_lists import StatusListEndpoint
 from tessera.oauth.endpoints.token import TokenEndpoint
-from tessera.oauth.errors import InvalidRequest, OAuthError
+from tessera.oauth.errors import AccessDenied, InvalidRequest, OAuthError
 from tessera.oauth.forms import Form, parse_form
 from tessera.oauth.grants import Grant
+from tessera.oauth.grants.ciba import CibaGrant
 from tessera.oauth.grants.client_credentials import ClientCredentialsGrant
 from tessera.oauth.grants.jwt_bearer import JwtBearerGrant
 from tessera.oauth.grants.token_exchange import TokenExchangeGrant
@@ -39,6 +43,7 @@ from tessera.oauth.keys import KeyRing
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.runtime import Runtime, client_policy, load_trusted_issuers, open_runtime, server_metadata
 from tessera.settings import load_settings
+from tessera.store.sql.ciba import SqlCiba
 from tessera.store.sql.outbox import SqlOutbox
 
 from .body import read_body, read_json
@@ -200,6 +205,22 @@ def build_app(runtime: Runtime) -> Any:
             status_min_lifetime=settings.status_list_min_lifetime,
         ),
     ]
+    ciba_store = SqlCiba(store)
+    status_lists_ref: list[Any] = []
+    grants.append(
+        CibaGrant(
+            issuer=issuer,
+            keys=keys.current,
+            signing_alg=settings.signing_algs[0],
+            store=ciba_store,
+            now=clock.now,
+            max_lifetime=settings.access_token_lifetime,
+            id_token_lifetime=settings.id_token_lifetime,
+            status_allocator=allocator,
+            status_min_lifetime=settings.status_list_min_lifetime,
+            on_revoked=lambda lists: status_lists_ref[0].invalidate(lists) if status_lists_ref else None,
+        )
+    )
     dpop = DPoPChecker(
         token_endpoint=issuer + "/oauth/token",
         replay=store,
@@ -221,6 +242,7 @@ def build_app(runtime: Runtime) -> Any:
         ttl=settings.status_list_ttl,
     )
     keys.on_change = lambda: status_lists.invalidate(None)
+    status_lists_ref.append(status_lists)
     revocation = RevocationEndpoint(
         issuer=issuer,
         authenticator=authenticator,
@@ -243,6 +265,10 @@ def build_app(runtime: Runtime) -> Any:
     )
     # Human approvals: the service, the durable outbox and its worker, the pages.
     channels = build_channels(settings)
+    ping_client = httpx.AsyncClient(
+        transport=GuardedTransport(set, allow_private=settings.dev_mode), timeout=10.0, follow_redirects=False
+    )
+    channels["ciba-ping"] = CibaPingChannel(ping_client)
     loop_ref: list[asyncio.AbstractEventLoop] = []
 
     def wake_outbox() -> None:
@@ -259,6 +285,23 @@ def build_app(runtime: Runtime) -> Any:
         now=clock.now,
         policy=RetryPolicy(max_attempts=settings.outbox_max_attempts),
         poll_interval=settings.outbox_poll_interval,
+    )
+    backchannel = BackchannelEndpoint(
+        issuer=issuer,
+        authenticator=authenticator,
+        approvals=approvals,
+        keys=keys.current,
+        replay=store,
+        now=clock.now,
+        policy=CibaPolicy(
+            max_expiry=settings.ciba_max_expiry,
+            interval=settings.ciba_interval,
+            default_assurance=settings.ciba_default_acr,
+            authorization_details_types=tuple(settings.authorization_details_types),
+            leeway=settings.leeway,
+        ),
+        login_hint_token=lambda value: federation.validate(value, audiences=[issuer]),
+        default_audience=settings.audience_default,
     )
     kek_material = settings.kek or (settings.data_dir / "kek").read_text()
     csrf_key = hashlib.sha256(b"tessera-csrf|" + kek_material.strip().encode()).digest()
@@ -343,6 +386,15 @@ def build_app(runtime: Runtime) -> Any:
             {"Cache-Control": f"public, max-age={settings.status_list_ttl}", "Access-Control-Allow-Origin": "*"},
         )
 
+    async def backchannel_authenticate(request: Request) -> Response:
+        form = await _read_form(request, settings.max_body_bytes, "backchannel authentication")
+        try:
+            body = await backchannel.handle(request.headers, form)
+        except AccessDenied as e:
+            # CIBA §13: access_denied is a 403 at this endpoint.
+            return json_response(e.body(), 403, NO_STORE)
+        return json_response(body, 200, NO_STORE)
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -387,6 +439,7 @@ def build_app(runtime: Runtime) -> Any:
             if allocator is not None:
                 await allocator.close()
             await fetch_jwks.close()
+            await ping_client.aclose()
             store.close()
 
     from tessera.http.admin import AdminGate, admin_app
@@ -399,6 +452,7 @@ def build_app(runtime: Runtime) -> Any:
         Route(prefix + "/oauth/jwks", jwks, methods=["GET"]),
         Route(prefix + "/oauth/revoke", h(revoke), methods=["POST"]),
         Route(prefix + "/oauth/introspect", h(introspect), methods=["POST"]),
+        Route(prefix + "/oauth/bc-authorize", h(backchannel_authenticate), methods=["POST"]),
         Route(prefix + "/oauth/status", status_aggregation, methods=["GET"]),
         Route(prefix + "/oauth/status/{list_id}", status_list, methods=["GET"]),
         Route(prefix + "/oauth/register", h(register), methods=["POST"]),

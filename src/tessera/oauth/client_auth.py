@@ -379,6 +379,21 @@ class ClientAuthenticator:
             "client_assertion signature does not verify with the client's registered keys", client_id=client.client_id
         )
 
+    async def verify_client_jws(self, client: Client, value: str, alg: str) -> dict[str, Any]:
+        """The claims of a JWS the client signed with one of its registered keys (a CIBA signed
+        authentication request); ``ValueError`` when it does not verify. ``alg`` comes from the
+        client's registration, never from the header."""
+        try:
+            header = _b64json(value.split(".", 1)[0])
+        except Exception:
+            raise ValueError("the request object is not a JWS") from None
+        if header.get("alg") != alg:
+            raise ValueError(f"the request object must be signed with {alg}")
+        try:
+            return await self._verify_signature(client, value, header, alg)
+        except InvalidClient:
+            raise ValueError("the request object's signature does not verify with the client's keys") from None
+
     def _check_claims(self, client: Client, claims: dict[str, Any]) -> None:
         cid = client.client_id
         now = self._now()

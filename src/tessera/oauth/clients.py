@@ -346,7 +346,71 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
         ):
             raise _bad(f"access_token_lifetime must be an integer from 10 to {policy.max_token_lifetime}")
         md["access_token_lifetime"] = lifetime
+    _validate_ciba(raw, md, method, policy)
     return md
+
+
+CIBA_GRANT = "urn:openid:params:grant-type:ciba"
+CIBA_MODES = ("poll", "ping")
+
+
+def _validate_ciba(raw: dict[str, Any], md: dict[str, Any], method: str, policy: ClientPolicy) -> None:
+    """OpenID CIBA Core 1.0 §4 client metadata. Push mode is not offered (FAPI-CIBA §5.2.2 forbids it,
+    and a token lost in a failed push cannot be recovered)."""
+    names = (
+        "backchannel_token_delivery_mode",
+        "backchannel_client_notification_endpoint",
+        "backchannel_authentication_request_signing_alg",
+        "backchannel_user_code_parameter",
+    )
+    if CIBA_GRANT not in md["grant_types"]:
+        present = [n for n in names if raw.get(n) is not None]
+        if present:
+            raise _bad(f"{present[0]} applies only to clients registered for the CIBA grant")
+        return
+    if method not in CONFIDENTIAL_METHODS:
+        # CIBA §4: "This specification requires the Client to be a Confidential Client".
+        raise _bad("the CIBA grant is for confidential clients only")
+    mode = raw.get("backchannel_token_delivery_mode")
+    if mode not in CIBA_MODES:
+        # §4: backchannel_token_delivery_mode is REQUIRED; one of the modes the OP supports.
+        raise _bad("backchannel_token_delivery_mode must be poll or ping (push is not offered)")
+    md["backchannel_token_delivery_mode"] = mode
+    endpoint = raw.get("backchannel_client_notification_endpoint")
+    if mode == "ping" and endpoint is None:
+        raise _bad("backchannel_client_notification_endpoint is REQUIRED for the ping mode (CIBA §4)")
+    if endpoint is not None:
+        parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+        from tessera.settings import is_loopback_host
+
+        if (
+            parts is None
+            or not parts.hostname
+            or parts.fragment
+            or parts.username
+            or parts.password
+            or len(endpoint) > 2048
+            or not (
+                parts.scheme == "https"
+                or (parts.scheme == "http" and policy.allow_http_loopback_jwks_uri and is_loopback_host(parts.hostname))
+            )
+        ):
+            # §4: "This URL MUST use the https scheme."
+            raise _bad("backchannel_client_notification_endpoint must be an https URL without a fragment")
+        md["backchannel_client_notification_endpoint"] = endpoint
+    alg = raw.get("backchannel_authentication_request_signing_alg")
+    if alg is not None:
+        if alg not in ASSERTION_ALGS:  # never "none" (§4: the value none MUST NOT be used)
+            raise _bad(f"backchannel_authentication_request_signing_alg must be one of {list(ASSERTION_ALGS)}")
+        if "jwks" not in md and "jwks_uri" not in md:
+            raise _bad("signed authentication requests need the client's keys (jwks or jwks_uri)")
+        md["backchannel_authentication_request_signing_alg"] = alg
+    user_code = raw.get("backchannel_user_code_parameter")
+    if user_code is not None:
+        if not isinstance(user_code, bool):
+            raise _bad("backchannel_user_code_parameter must be true or false")
+        if user_code:
+            md["backchannel_user_code_parameter"] = True
 
 
 def _validate_federated(value: Any) -> list[dict[str, str]]:

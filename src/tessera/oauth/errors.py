@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AccessDenied",
+    "AuthorizationPending",
+    "ExpiredLoginHintToken",
+    "ExpiredToken",
+    "InvalidAuthorizationDetails",
+    "InvalidBindingMessage",
     "InvalidClient",
     "InvalidClientMetadata",
     "InvalidDPoPProof",
@@ -19,9 +25,13 @@ __all__ = [
     "InvalidScope",
     "InvalidTarget",
     "InvalidToken",
+    "InvalidUserCode",
+    "MissingUserCode",
     "OAuthError",
+    "SlowDown",
     "TemporarilyUnavailable",
     "UnauthorizedClient",
+    "UnknownUserId",
     "UnsupportedGrantType",
     "UseDPoPNonce",
 ]
@@ -120,3 +130,59 @@ class UseDPoPNonce(OAuthError):
     def __init__(self, description: str = "", *, nonce: str, client_id: str | None = None) -> None:
         super().__init__(description, client_id=client_id)
         self.nonce = nonce
+
+
+# -- OpenID CIBA Core 1.0 §13 (authentication request errors) and §11 (token errors) ---------------------
+class AccessDenied(OAuthError):
+    """CIBA §13: 403 at the backchannel endpoint; §11: 400 at the token endpoint (the person denied)."""
+
+    error = "access_denied"
+
+
+class ExpiredLoginHintToken(OAuthError):
+    error = "expired_login_hint_token"
+
+
+class UnknownUserId(OAuthError):
+    error = "unknown_user_id"
+
+
+class MissingUserCode(OAuthError):
+    error = "missing_user_code"
+
+
+class InvalidUserCode(OAuthError):
+    error = "invalid_user_code"
+
+
+class InvalidBindingMessage(OAuthError):
+    error = "invalid_binding_message"
+
+
+class InvalidAuthorizationDetails(OAuthError):
+    """RFC 9396 §5."""
+
+    error = "invalid_authorization_details"
+
+
+class AuthorizationPending(OAuthError):
+    error = "authorization_pending"
+
+
+class SlowDown(OAuthError):
+    """CIBA §11 / RFC 8628 §3.5: polling too fast; ``interval`` is the new minimum, in seconds."""
+
+    error = "slow_down"
+
+    def __init__(self, description: str = "", *, interval: int, client_id: str | None = None) -> None:
+        super().__init__(description, client_id=client_id)
+        self.interval = interval
+
+    def body(self) -> dict[str, str]:
+        out = super().body()
+        out["interval"] = self.interval  # type: ignore[assignment]
+        return out
+
+
+class ExpiredToken(OAuthError):
+    error = "expired_token"

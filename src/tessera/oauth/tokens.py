@@ -31,9 +31,11 @@ __all__ = [
     "IssuedToken",
     "NotOurToken",
     "mint_access_token",
+    "mint_id_token",
     "mint_identity_token",
     "new_jti",
     "read_access_token",
+    "read_id_token",
 ]
 
 MAX_TOKEN_BYTES = 8192
@@ -166,6 +168,70 @@ def mint_identity_token(
         parent_jti=parent_jti,
     )
     return AccessToken(value, record, claims)
+
+
+def mint_id_token(
+    *,
+    key: SigningKey,
+    issuer: str,
+    client_id: str,
+    sub: str,
+    now: int,
+    lifetime: int,
+    acr: str,
+    auth_time: int,
+) -> AccessToken:
+    """An OpenID Connect ID Token (OIDC Core §2) for the client that asked (CIBA §10.1.1): ``aud`` the
+    client, ``sub`` the person, ``acr`` and ``auth_time``. ``typ: JWT``; never an access token."""
+    jti = new_jti()
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": sub,
+        "aud": client_id,
+        "iat": now,
+        "exp": now + lifetime,
+        "auth_time": auth_time,
+        "acr": acr,
+        "jti": jti,
+    }
+    header = {"alg": key.alg, "typ": "JWT", "kid": key.kid}
+    value = sign_compact(header, claims, key.private)
+    record = IssuedToken(
+        jti=jti,
+        client_id=client_id,
+        sub=sub,
+        aud=[client_id],
+        scope="openid",
+        kid=key.kid,
+        grant_type="id_token",
+        iat=now,
+        exp=now + lifetime,
+    )
+    return AccessToken(value, record, claims)
+
+
+def read_id_token(value: str, ring: KeyRing, issuer: str, client_id: str) -> dict[str, Any]:
+    """The claims of an ID token this server issued to ``client_id`` (a CIBA ``id_token_hint``).
+    Expiry is not checked: OIDC Core §3.1.2.1 accepts an expired ID token as a hint."""
+    if not isinstance(value, str) or len(value) > MAX_TOKEN_BYTES or value.count(".") != 2:
+        raise NotOurToken("not a compact JWS")
+    header = _segment(value.split(".", 1)[0])
+    if header.get("typ") not in (None, "JWT") or "crit" in header:
+        raise NotOurToken("not an ID token")
+    found = ring.verifier(header.get("kid"))
+    if found is None or header.get("alg") != found[0]:
+        raise NotOurToken("not signed with a key this server publishes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            claims = dict(jwt.decode(value, found[1], algorithms=[found[0]]).claims)
+    except (JoseError, ValueError, TypeError):
+        raise NotOurToken("the signature does not verify") from None
+    aud = claims.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    if claims.get("iss") != issuer or client_id not in auds or "auth_time" not in claims:
+        raise NotOurToken("not an ID token this server issued to this client")
+    return claims
 
 
 class NotOurToken(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tessera.oauth.ciba import ACR_VALUES, CIBA_GRANT
 from tessera.oauth.clients import ASSERTION_ALGS
 from tessera.oauth.dpop import DPOP_SIGNING_ALGS
 
@@ -27,6 +28,7 @@ def metadata(
     grant_types: Sequence[str],
     signing_algs: Sequence[str],
     registration: bool,
+    authorization_details_types: Sequence[str] = (),
 ) -> dict[str, Any]:
     md: dict[str, Any] = {
         "issuer": issuer,
@@ -49,4 +51,17 @@ def metadata(
     }
     if registration:
         md["registration_endpoint"] = issuer + "/oauth/register"
+    if CIBA_GRANT in grant_types:
+        # OpenID CIBA Core 1.0 §4; push is not offered (FAPI-CIBA §5.2.2), nor "none" for signed requests.
+        md["backchannel_authentication_endpoint"] = issuer + "/oauth/bc-authorize"
+        md["backchannel_token_delivery_modes_supported"] = ["poll", "ping"]
+        md["backchannel_authentication_request_signing_alg_values_supported"] = list(ASSERTION_ALGS)
+        md["backchannel_user_code_parameter_supported"] = True
+        md["scopes_supported"] = ["openid"]
+        md["subject_types_supported"] = ["public"]
+        md["id_token_signing_alg_values_supported"] = list(signing_algs)
+        md["acr_values_supported"] = list(ACR_VALUES)
+        md["claims_supported"] = ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr"]
+    if authorization_details_types:
+        md["authorization_details_types_supported"] = list(authorization_details_types)
     return md

@@ -322,6 +322,11 @@ class SqlApprovalTx:
             for r in self.conn.execute(q.order_by(approval_votes.c.created_at))
         ]
 
+    def insert_ciba(self, values: dict[str, Any]) -> None:
+        from tessera.store.sql.ciba import insert_ciba
+
+        insert_ciba(self.conn, values)
+
     # -- outbox and limits ------------------------------------------------------------------------------
     def enqueue(self, message: Message, sealed_body: bytes, now: int) -> None:
         from tessera.store.sql import outbox

@@ -13,6 +13,7 @@ __all__ = [
     "audit_head",
     "audit_log",
     "authenticators",
+    "ciba_requests",
     "clients",
     "enrolments",
     "issued_tokens",
@@ -257,4 +258,26 @@ rate_events = sa.Table(
     sa.Column("rate_key", sa.String(256), nullable=False),
     sa.Column("ts", sa.BigInteger, nullable=False),
     sa.Index("ix_rate_events_key_ts", "rate_key", "ts"),
+)
+
+# OpenID CIBA: one row per backchannel authentication request. The auth_req_id is kept only as its
+# SHA-256; ``grant`` holds what a redemption issues (scope, audience, authorization details, assurance);
+# ``issued`` the jtis of what was issued (revoked if the auth_req_id is replayed). Expired rows stay
+# until well after expiry so that a late poll gets expired_token rather than invalid_grant.
+ciba_requests = sa.Table(
+    "ciba_requests",
+    metadata,
+    sa.Column("auth_req_hash", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(256), nullable=False, index=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("approval_id", sa.String(64), nullable=False, index=True),
+    sa.Column("grant", sa.JSON, nullable=False),
+    sa.Column("mode", sa.String(8), nullable=False),
+    sa.Column("interval", sa.Integer, nullable=False),
+    sa.Column("last_poll_at", sa.BigInteger),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("redeemed_at", sa.BigInteger),
+    sa.Column("issued", sa.JSON),
 )
