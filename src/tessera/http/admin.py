@@ -346,6 +346,12 @@ def admin_app(
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi_alias(_: str = Depends(admin)) -> dict[str, Any]:
+        """The same document under the conventional /admin/api/ path."""
+        return openapi()
+
     return app
 
 
