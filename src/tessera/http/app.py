@@ -219,6 +219,7 @@ def build_app(runtime: Runtime) -> Any:
             status_allocator=allocator,
             status_min_lifetime=settings.status_list_min_lifetime,
             on_revoked=lambda lists: status_lists_ref[0].invalidate(lists) if status_lists_ref else None,
+            person_refusal=lambda pid: person_refusal(pid),
         )
     )
     dpop = DPoPChecker(
@@ -303,6 +304,18 @@ def build_app(runtime: Runtime) -> Any:
         login_hint_token=lambda value: federation.validate(value, audiences=[issuer]),
         default_audience=settings.audience_default,
     )
+
+    async def person_refusal(person_id: str) -> str | None:
+        try:
+            record, _ = await asyncio.to_thread(approvals.get_person, person_id)
+        except Exception:
+            return "the person no longer exists"
+        if record.person.disabled or record.person.agent:
+            return "the person is disabled"
+        if record.locked_at is not None:
+            return "the person is locked"
+        return None
+
     kek_material = settings.kek or (settings.data_dir / "kek").read_text()
     csrf_key = hashlib.sha256(b"tessera-csrf|" + kek_material.strip().encode()).digest()
     discovery = json.dumps(server_metadata(settings), separators=(",", ":")).encode()

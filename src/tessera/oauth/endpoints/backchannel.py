@@ -22,6 +22,7 @@ from typing import Any
 from tessera.approvals.errors import ApprovalError, RateLimited
 from tessera.approvals.people import Person
 from tessera.approvals.service import ApprovalService
+from tessera.audit import AuditEvent
 from tessera.channels.message import Message, new_message_id
 from tessera.oauth.ciba import CIBA_GRANT, aal_of_acr, auth_req_hash
 from tessera.oauth.client_auth import AssertionUse, AuthenticatedClient, ClientAuthenticator
@@ -163,6 +164,22 @@ class BackchannelEndpoint:
                     "created_at": now,
                     "expires_at": now + expires_in,
                 }
+            )
+            tx.audit(
+                AuditEvent(
+                    "ciba.requested",
+                    actor=cid,
+                    subject=person.person_id,
+                    data={
+                        "approval_id": approval_id,
+                        "mode": mode,
+                        "expires_in": expires_in,
+                        "scope": scope,
+                        "assurance": assurance,
+                        "authorization_details_types": sorted({d["type"] for d in details}),
+                        "signed_request": form.get("request") is not None,
+                    },
+                )
             )
 
         try:

@@ -12,13 +12,13 @@ commits; any later use is refused and revokes what the first one issued.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from tessera.audit import AuditEvent
 from tessera.oauth.ciba import CIBA_GRANT, CibaStore, acr_of
 from tessera.oauth.client_auth import assertion_replayed
-from tessera.oauth.errors import InvalidGrant, InvalidRequest
+from tessera.oauth.errors import AccessDenied, InvalidGrant, InvalidRequest
 from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.keys import KeyRing
@@ -46,6 +46,7 @@ class CibaGrant:
         status_allocator: StatusAllocator | None = None,
         status_min_lifetime: int = 0,
         on_revoked: Callable[[list[int | None]], None] = lambda _: None,
+        person_refusal: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self._issuer = issuer
         self._keys = keys
@@ -57,6 +58,7 @@ class CibaGrant:
         self._statuses = status_allocator
         self._status_min_lifetime = status_min_lifetime
         self._on_revoked = on_revoked
+        self._person_refusal = person_refusal
 
     def check_request(self, form: Form) -> None:
         value = form.get("auth_req_id")
@@ -82,6 +84,11 @@ class CibaGrant:
             raise decision.error
         rec = await self._store.load(key)
         assert rec is not None
+        if self._person_refusal is not None:
+            # CIBA issue scope 6: a person disabled or locked since approving gets nothing issued.
+            why = await self._person_refusal(rec.person_id)
+            if why is not None:
+                raise AccessDenied(why, client_id=client.client_id)
         approvals = [v for v in rec.votes if v["decision"] == "approve" and v["person_id"] == rec.person_id]
         aal = approvals[0]["aal"] if approvals else rec.grant.get("assurance", "aal1")
         auth_time = approvals[0]["at"] if approvals else now
