@@ -16,6 +16,8 @@ __all__ = [
     "ciba_requests",
     "clients",
     "enrolments",
+    "flow_published",
+    "flow_versions",
     "issued_tokens",
     "metadata",
     "outbox",
@@ -280,4 +282,28 @@ ciba_requests = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
     sa.Column("redeemed_at", sa.BigInteger),
     sa.Column("issued", sa.JSON),
+)
+
+# Flows (``tessera.workflows``): every version ever stored, keyed by its content address (SHA-256 of
+# the RFC 8785 form), immutable; ``flow_published`` names the one version of each flow in force.
+flow_versions = sa.Table(
+    "flow_versions",
+    metadata,
+    sa.Column("version", sa.String(80), primary_key=True),
+    sa.Column("flow_id", sa.String(64), nullable=False, index=True),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("document", sa.JSON, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("tag", sa.String(128)),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=False),
+)
+
+flow_published = sa.Table(
+    "flow_published",
+    metadata,
+    sa.Column("flow_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(80), nullable=False),
+    sa.Column("published_at", sa.BigInteger, nullable=False),
+    sa.Column("published_by", sa.String(256), nullable=False),
 )
