@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.audit import AuditEvent
-from tessera.channels.message import Message, Sealer
+from tessera.channels.message import Message, Sealer, new_message_id
 
 from . import totp
 from . import webauthn as wa
@@ -264,6 +264,39 @@ class ApprovalService:
 
         self.store.run(work)
         self.on_enqueue()
+
+    def notify(self, people: list[str], groups: list[str], *, subject: str, text: str, ref: str) -> list[str]:
+        """A notice (no link, nothing to approve) to the named people and group members, on their channels."""
+        now = self._now()
+
+        def work(tx: ApprovalTx) -> list[str]:
+            wanted, groupset = set(people), set(groups)
+            targets = [
+                r.person
+                for r in tx.list_people()
+                if not r.person.disabled and (r.person.person_id in wanted or groupset.intersection(r.person.groups))
+            ]
+            self._limit(tx, {f"person:{p.person_id}": len(p.channels) for p in targets}, now, "flows", ref)
+            messages = [
+                Message(
+                    id=new_message_id(),
+                    channel=channel,
+                    kind="flow.notice",
+                    recipient=p.email if channel == "email" and p.email else p.person_id,
+                    subject=subject[:200],
+                    text=f"{p.name},\n\n{text}",
+                    data={"person_id": p.person_id, "ref": ref},
+                    ref=ref,
+                    created_at=now,
+                )
+                for p in targets
+                for channel in p.channels
+            ]
+            return self._send(tx, messages, now)
+
+        out = self.store.run(work)
+        self.on_enqueue()
+        return out
 
     # -- enrolment -------------------------------------------------------------------------------------------
     def start_enrolment(self, person_id: str, actor: str) -> dict[str, Any]:

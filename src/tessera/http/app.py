@@ -23,6 +23,8 @@ from tessera.approval_runtime import approval_service, build_channels
 from tessera.channels.ciba_ping import CibaPingChannel
 from tessera.channels.outbox import OutboxWorker, RetryPolicy
 from tessera.federation.validator import IssuerRegistry
+from tessera.flow_gate import FlowGate
+from tessera.flow_runtime import flow_by_version, published_flows
 from tessera.oauth.client_auth import ClientAuthenticator
 from tessera.oauth.dpop import DPoPChecker, nonce_secret
 from tessera.oauth.endpoints.backchannel import BackchannelEndpoint, CibaPolicy
@@ -163,6 +165,51 @@ def build_app(runtime: Runtime) -> Any:
         if settings.status_lists
         else None
     )
+    # Human approvals: the service, the durable outbox and its worker, the pages.
+    channels = build_channels(settings)
+    ping_client = httpx.AsyncClient(
+        transport=GuardedTransport(set, allow_private=settings.dev_mode), timeout=10.0, follow_redirects=False
+    )
+    channels["ciba-ping"] = CibaPingChannel(ping_client)
+    loop_ref: list[asyncio.AbstractEventLoop] = []
+
+    def wake_outbox() -> None:
+        if loop_ref:
+            loop_ref[0].call_soon_threadsafe(outbox_worker.wake)
+
+    approvals = approval_service(runtime, channels=set(channels), on_enqueue=wake_outbox)
+    outbox = SqlOutbox(store.write_engine, store.now_ms)
+    outbox_worker = OutboxWorker(
+        outbox,
+        channels,
+        runtime.kek,
+        worker_id=process,
+        now=clock.now,
+        policy=RetryPolicy(max_attempts=settings.outbox_max_attempts),
+        poll_interval=settings.outbox_poll_interval,
+    )
+    hook_client = httpx.AsyncClient(
+        transport=GuardedTransport(set, allow_private=settings.dev_mode), follow_redirects=False
+    )
+    flows = FlowGate(
+        store=store,
+        approvals=approvals,
+        now=clock.now,
+        hooks=hook_client,
+        flow_by_version=lambda v: flow_by_version(store, v),
+    )
+    flows.replace(published_flows(store))
+    flows_seen = [sorted(f.version for f in flows.flows)]
+
+    async def reload_flows() -> None:
+        """Flows published by an operator (CLI, another process) are in force here within one refresh."""
+        loaded = await asyncio.to_thread(published_flows, store)
+        seen = sorted(f.version for f in loaded)
+        if seen != flows_seen[0]:
+            flows.replace(loaded)
+            flows_seen[0] = seen
+            log.info("flows reloaded: %s", ", ".join(f"{f.id}@{f.version[:15]}" for f in loaded) or "none")
+
     grants: list[Grant] = [
         ClientCredentialsGrant(
             issuer=issuer,
@@ -174,6 +221,7 @@ def build_app(runtime: Runtime) -> Any:
             default_audience=settings.audience_default,
             status_allocator=allocator,
             status_min_lifetime=settings.status_list_min_lifetime,
+            policy=flows,
         ),
         TokenExchangeGrant(
             issuer=issuer,
@@ -191,6 +239,7 @@ def build_app(runtime: Runtime) -> Any:
             leeway=settings.leeway,
             status_allocator=allocator,
             status_min_lifetime=settings.status_list_min_lifetime,
+            policy=flows,
         ),
         JwtBearerGrant(
             issuer=issuer,
@@ -203,6 +252,7 @@ def build_app(runtime: Runtime) -> Any:
             max_lifetime=settings.access_token_lifetime,
             status_allocator=allocator,
             status_min_lifetime=settings.status_list_min_lifetime,
+            policy=flows,
         ),
     ]
     ciba_store = SqlCiba(store)
@@ -220,6 +270,7 @@ def build_app(runtime: Runtime) -> Any:
             status_min_lifetime=settings.status_list_min_lifetime,
             on_revoked=lambda lists: status_lists_ref[0].invalidate(lists) if status_lists_ref else None,
             person_refusal=lambda pid: person_refusal(pid),
+            policy=flows,
         )
     )
     dpop = DPoPChecker(
@@ -263,29 +314,6 @@ def build_app(runtime: Runtime) -> Any:
         reader=store,
         writer=store,
         now=clock.now,
-    )
-    # Human approvals: the service, the durable outbox and its worker, the pages.
-    channels = build_channels(settings)
-    ping_client = httpx.AsyncClient(
-        transport=GuardedTransport(set, allow_private=settings.dev_mode), timeout=10.0, follow_redirects=False
-    )
-    channels["ciba-ping"] = CibaPingChannel(ping_client)
-    loop_ref: list[asyncio.AbstractEventLoop] = []
-
-    def wake_outbox() -> None:
-        if loop_ref:
-            loop_ref[0].call_soon_threadsafe(outbox_worker.wake)
-
-    approvals = approval_service(runtime, channels=set(channels), on_enqueue=wake_outbox)
-    outbox = SqlOutbox(store.write_engine, store.now_ms)
-    outbox_worker = OutboxWorker(
-        outbox,
-        channels,
-        runtime.kek,
-        worker_id=process,
-        now=clock.now,
-        policy=RetryPolicy(max_attempts=settings.outbox_max_attempts),
-        poll_interval=settings.outbox_poll_interval,
     )
     backchannel = BackchannelEndpoint(
         issuer=issuer,
@@ -427,6 +455,7 @@ def build_app(runtime: Runtime) -> Any:
                 await asyncio.to_thread(store.sweep)
                 await keys.reload()
                 await reload_issuers()
+                await reload_flows()
             except Exception:
                 log.exception("background key refresh failed; serving with the keys loaded before")
 
@@ -453,6 +482,7 @@ def build_app(runtime: Runtime) -> Any:
                 await allocator.close()
             await fetch_jwks.close()
             await ping_client.aclose()
+            await hook_client.aclose()
             store.close()
 
     from tessera.http.admin import AdminGate, admin_app

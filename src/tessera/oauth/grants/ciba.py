@@ -22,6 +22,7 @@ from tessera.oauth.errors import AccessDenied, InvalidGrant, InvalidRequest
 from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.keys import KeyRing
+from tessera.oauth.policy import IssuanceContext, IssuancePolicy, apply_limits
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.oauth.tokens import mint_access_token, mint_id_token
 from tessera.store.interfaces import AssertionReplayed
@@ -47,7 +48,9 @@ class CibaGrant:
         status_min_lifetime: int = 0,
         on_revoked: Callable[[list[int | None]], None] = lambda _: None,
         person_refusal: Callable[[str], Awaitable[str | None]] | None = None,
+        policy: IssuancePolicy | None = None,
     ) -> None:
+        self._policy = policy
         self._issuer = issuer
         self._keys = keys
         self._alg = signing_alg
@@ -97,6 +100,22 @@ class CibaGrant:
             client.token_lifetime_cap or self._max_lifetime,
             max(rec.grant.get("lifetime", self._max_lifetime), 10),
         )
+        scope, audience = list(rec.grant["scope"]), list(rec.grant["audience"])
+        if self._policy is not None and self._policy.applies("ciba"):
+            limits = await self._policy.check(
+                IssuanceContext(
+                    "ciba",
+                    client.client_id,
+                    client.metadata,
+                    scope,
+                    audience,
+                    lifetime,
+                    rec.person_id,
+                    authorization_details=list(rec.grant.get("authorization_details") or []),
+                    person=rec.person_id,
+                )
+            )
+            scope, audience, lifetime = apply_limits(scope, audience, lifetime, limits)
         status = None
         if self._statuses is not None and lifetime >= self._status_min_lifetime:
             status = await self._statuses.allocate()
@@ -111,8 +130,8 @@ class CibaGrant:
             issuer=self._issuer,
             client_id=client.client_id,
             sub=rec.person_id,
-            aud=list(rec.grant["audience"]),
-            scope=list(rec.grant["scope"]),
+            aud=audience,
+            scope=scope,
             now=now,
             lifetime=lifetime,
             grant_type=self.grant_type,
@@ -137,7 +156,7 @@ class CibaGrant:
                 "approval_id": rec.approval_id,
                 "jti": access.record.jti,
                 "id_token_jti": id_token.record.jti,
-                "aud": list(rec.grant["audience"]),
+                "aud": audience,
                 "scope": access.record.scope,
                 "acr": acr_of(aal),
                 "auth_method": authn.method,
@@ -161,8 +180,8 @@ class CibaGrant:
             "expires_in": lifetime,
             "id_token": id_token.value,
         }
-        if rec.grant["scope"]:
-            body["scope"] = " ".join(rec.grant["scope"])
+        if scope:
+            body["scope"] = " ".join(scope)
         if rec.grant.get("authorization_details"):
             body["authorization_details"] = rec.grant["authorization_details"]
         return TokenResponse(body)

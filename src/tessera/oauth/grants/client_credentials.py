@@ -20,6 +20,7 @@ from tessera.oauth.errors import InvalidClient, InvalidScope, InvalidTarget
 from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.keys import KeyRing
+from tessera.oauth.policy import IssuanceContext, IssuancePolicy, apply_limits
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.oauth.tokens import mint_access_token
 from tessera.store.interfaces import AssertionReplayed, IssuanceRecorder
@@ -69,7 +70,9 @@ class ClientCredentialsGrant:
         default_audience: str,
         status_allocator: StatusAllocator | None = None,
         status_min_lifetime: int = 0,
+        policy: IssuancePolicy | None = None,
     ) -> None:
+        self._policy = policy
         self._issuer = issuer
         self._keys = keys
         self._alg = signing_alg
@@ -90,6 +93,13 @@ class ClientCredentialsGrant:
         scope = resolve_scope(client, request.form.get("scope"))
         aud = resolve_audience(client, request.form.getlist("resource"), self._default_audience)
         lifetime = min(self._max_lifetime, client.token_lifetime_cap or self._max_lifetime)
+        if self._policy is not None and self._policy.applies("client_credentials"):
+            limits = await self._policy.check(
+                IssuanceContext(
+                    "client_credentials", client.client_id, client.metadata, scope, aud, lifetime, client.client_id
+                )
+            )
+            scope, aud, lifetime = apply_limits(scope, aud, lifetime, limits)
         status = None
         if self._statuses is not None and lifetime >= self._status_min_lifetime:
             status = await self._statuses.allocate()

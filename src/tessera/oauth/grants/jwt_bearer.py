@@ -21,6 +21,7 @@ from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.grants.token_exchange import external_party, narrow_audiences, narrow_scope
 from tessera.oauth.keys import KeyRing
+from tessera.oauth.policy import IssuanceContext, IssuancePolicy, apply_limits, federation_context
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.oauth.tokens import mint_access_token
 from tessera.store.interfaces import AssertionReplayed, IssuanceRecorder
@@ -45,7 +46,9 @@ class JwtBearerGrant:
         max_lifetime: int,
         status_allocator: StatusAllocator | None = None,
         status_min_lifetime: int = 0,
+        policy: IssuancePolicy | None = None,
     ) -> None:
+        self._policy = policy
         self._issuer = issuer
         self._audiences = (issuer, token_endpoint)
         self._keys = keys
@@ -79,6 +82,20 @@ class JwtBearerGrant:
         # A public client (auth method "none") proved nothing: it is treated as an anonymous caller.
         caller = request.client.client if request.client is not None and request.client.method != "none" else None
         lifetime = min(self._max_lifetime, party.max_lifetime)
+        if self._policy is not None and self._policy.applies("jwt_bearer"):
+            limits = await self._policy.check(
+                IssuanceContext(
+                    "jwt_bearer",
+                    caller.client_id if caller else party.principal,
+                    caller.metadata if caller else {},
+                    scope,
+                    audiences,
+                    lifetime,
+                    party.principal,
+                    federation=federation_context(identity),
+                )
+            )
+            scope, audiences, lifetime = apply_limits(scope, audiences, lifetime, limits)
         status = None
         if self._statuses is not None and lifetime >= self._status_min_lifetime:
             status = await self._statuses.allocate()

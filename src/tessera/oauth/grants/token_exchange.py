@@ -40,6 +40,7 @@ from tessera.oauth.errors import InvalidClient, InvalidRequest, InvalidScope, In
 from tessera.oauth.forms import Form
 from tessera.oauth.grants import TokenRequest, TokenResponse
 from tessera.oauth.keys import KeyRing
+from tessera.oauth.policy import IssuanceContext, IssuancePolicy, apply_limits, federation_context
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.oauth.tokens import NotOurToken, mint_access_token, mint_identity_token, read_access_token
 from tessera.store.interfaces import AssertionReplayed, IssuanceRecorder, TokenReader
@@ -87,6 +88,8 @@ class Party:
     jkt: str | None = None
     #: the presented token's jti when Tessera issued it: the new token's parent (revoked with it)
     token_jti: str | None = None
+    #: an external identity's issuer, subject, claims and mapped attributes (the flows' context)
+    federation: dict[str, Any] | None = None
 
 
 def bound_key(claims: dict[str, Any]) -> str | None:
@@ -131,6 +134,7 @@ def external_party(identity: ExternalIdentity) -> Party:
         trust=identity.trust.name,
         use=use,
         jkt=bound_key(identity.claims),
+        federation=federation_context(identity),
     )
 
 
@@ -181,7 +185,9 @@ class TokenExchangeGrant:
         leeway: int,
         status_allocator: StatusAllocator | None = None,
         status_min_lifetime: int = 0,
+        policy: IssuancePolicy | None = None,
     ) -> None:
+        self._policy = policy
         self._issuer = issuer
         self._keys = keys
         self._alg = signing_alg
@@ -325,6 +331,20 @@ class TokenExchangeGrant:
             if actor is not None and mode != "self"
             else subject.client_id or subject.principal
         )
+        if self._policy is not None and self._policy.applies("token_exchange"):
+            limits = await self._policy.check(
+                IssuanceContext(
+                    "token_exchange",
+                    client_id,
+                    caller.metadata if caller is not None else {},
+                    scope,
+                    audiences,
+                    lifetime,
+                    subject.principal,
+                    federation=subject.federation,
+                )
+            )
+            scope, audiences, lifetime = apply_limits(scope, audiences, lifetime, limits)
         uses = [p.use for p in (subject, actor) if p is not None and p.use is not None]
         if request.client is not None and request.client.assertion is not None:
             uses.append(request.client.assertion)

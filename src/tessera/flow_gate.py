@@ -1,0 +1,276 @@
+"""The flows at the token endpoint (``oauth.policy.IssuancePolicy``): evaluate, resolve hooks and
+approvals, write the decision to the audit chain, answer with limits or the protocol error.
+
+A decision is recorded (``flow.decision``: flows and versions, redacted inputs, outcome, reasons,
+trace) before a token is signed; if the record cannot be written, the answer is a denial. An
+``approve`` step opens an approval request (docs/approvals.md) keyed by a fingerprint of the request
+(client, grant, subject, scope, audience) and the flow version: the client retries the same request
+and gets ``authorization_pending`` until the people decide; the approval then covers one issuance.
+A pending request finishes on the flow version it started on, even if a newer one was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from tessera.approvals.errors import ApprovalError
+from tessera.approvals.service import ApprovalService
+from tessera.audit import AuditEvent
+from tessera.oauth.errors import (
+    AccessDenied,
+    AuthorizationPending,
+    InvalidGrant,
+    UnauthorizedClient,
+)
+from tessera.oauth.policy import IssuanceContext, PolicyLimits
+from tessera.store.sql.store import SqlStore
+from tessera.store.sql.tables import approval_requests
+from tessera.workflows.engine import Decision, HookCall, Recorded, evaluate
+from tessera.workflows.model import Flow
+
+__all__ = ["FlowGate", "redact"]
+
+log = logging.getLogger("tessera.flows")
+_SECRET_KEY = re.compile(r"secret|token|password|assertion|private|credential", re.I)
+_DENY = {"client_credentials": UnauthorizedClient, "token_exchange": InvalidGrant, "jwt_bearer": InvalidGrant}
+
+
+def redact(value: Any, depth: int = 0) -> Any:
+    """Inputs as the decision log keeps them: values under secret-looking keys replaced, sizes capped."""
+    if depth > 8:
+        return "…"
+    if isinstance(value, dict):
+        return {k: "[redacted]" if _SECRET_KEY.search(str(k)) else redact(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, depth + 1) for v in value[:50]]
+    if isinstance(value, str) and len(value) > 512:
+        return value[:512] + "…"
+    return value
+
+
+class FlowGate:
+    def __init__(
+        self,
+        *,
+        store: SqlStore,
+        approvals: ApprovalService,
+        now: Callable[[], float],
+        hooks: httpx.AsyncClient,
+        flow_by_version: Callable[[str], Flow | None],
+    ) -> None:
+        self._store = store
+        self._approvals = approvals
+        self._now = now
+        self._hooks = hooks
+        self._by_version = flow_by_version
+        self._flows: list[Flow] = []
+        self._grants: set[str] = set()
+
+    @property
+    def flows(self) -> list[Flow]:
+        return self._flows
+
+    def replace(self, flows: Sequence[Flow]) -> None:
+        self._flows = list(flows)
+        issue = [f for f in flows if f.on == "token.issue"]
+        every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba")
+        self._grants = {g for g in every for f in issue if f.applies_to_grant(g)}
+
+    def applies(self, grant: str) -> bool:
+        return grant in self._grants
+
+    # -- token.issue ---------------------------------------------------------------------------------
+    async def check(self, ctx: IssuanceContext) -> PolicyLimits:
+        now = int(self._now())
+        md = ctx.client_metadata
+        context = {
+            "client": {
+                "id": ctx.client_id,
+                "name": md.get("client_name", ""),
+                "contacts": list(md.get("contacts", [])),
+                "grant_types": list(md.get("grant_types", [])),
+                "scope": str(md.get("scope", "")).split(),
+                "metadata": dict(md),
+                "quarantined": bool(md.get("quarantined", False)),
+            },
+            "request": {
+                "grant": ctx.grant,
+                "scope": list(ctx.scope),
+                "audience": list(ctx.audience),
+                "lifetime": ctx.lifetime,
+                "authorization_details": list(ctx.authorization_details),
+            },
+            "federation": dict(ctx.federation or {}),
+            "person": {"id": ctx.person} if ctx.person else {},
+            "source": {"hour": (now // 3600) % 24},
+        }
+        fingerprint = hashlib.sha256(
+            "\x00".join(
+                [ctx.client_id, ctx.grant, ctx.subject, " ".join(sorted(ctx.scope)), " ".join(sorted(ctx.audience))]
+            ).encode()
+        ).hexdigest()[:32]
+        flows = list(self._flows)
+        recorded = Recorded()
+        existing = await asyncio.to_thread(self._existing_approvals, fingerprint, now)
+        # Version pinning: a request with an open or granted approval is decided by that version.
+        for (flow_id, _step), (version, _status, _rid) in existing.items():
+            pinned = next((f for f in flows if f.id == flow_id), None)
+            if pinned is None or pinned.version != version:
+                old = await asyncio.to_thread(self._by_version, version)
+                if old is not None:
+                    flows = [f for f in flows if f.id != flow_id] + [old]
+        recorded = Recorded(approvals={f"{fid}/{sid}": st for (fid, sid), (_v, st, _r) in existing.items()})
+        decision = evaluate(flows, "token.issue", context, recorded, now, ctx.grant)
+        for _ in range(3):
+            if not decision.calls:
+                break
+            answers = dict(recorded.hooks)
+            for call in decision.calls:
+                answers[call.key] = await self._call(call, context)
+            recorded = Recorded(approvals=recorded.approvals, hooks=answers)
+            decision = evaluate(flows, "token.issue", context, recorded, now, ctx.grant)
+        pending_ids: list[str] = []
+        if decision.outcome == "pending":
+            for need in decision.approvals:
+                if (need.flow, need.step) in existing:
+                    pending_ids.append(existing[(need.flow, need.step)][2])
+                    continue
+                pending_ids.append(await self._open_approval(need, ctx, fingerprint))
+        if decision.flows or decision.outcome != "allow":
+            # No flow applied (every guard false): nothing was decided by a flow, nothing to record.
+            await self._log(decision, ctx, context, pending_ids)
+        if decision.outcome == "deny":
+            error = _DENY.get(ctx.grant, AccessDenied)
+            raise error(f"denied by flow: {decision.reason}", client_id=ctx.client_id)
+        if decision.outcome == "pending":
+            what = ", ".join(pending_ids) or "a hook"
+            raise AuthorizationPending(f"an approval is required ({what}); retry this request later")
+        used = [rid for (_f, _s), (_v, st, rid) in existing.items() if st == "approved"]
+        if used:
+            await asyncio.to_thread(self._consume, used)
+        if decision.notices:
+            await asyncio.to_thread(self._notify, decision, ctx)
+        lim = decision.limits
+        return PolicyLimits(lim.lifetime, lim.scopes, lim.audiences)
+
+    async def _call(self, call: HookCall, context: dict[str, Any]) -> dict[str, Any]:
+        """POST the context to the hook; anything but a timely ``{"allow": true}`` denies (fail closed)."""
+        try:
+            r = await self._hooks.post(
+                call.url,
+                json={"flow": call.flow, "step": call.step, "version": call.version, "context": redact(context)},
+                timeout=call.timeout,
+            )
+        except httpx.TimeoutException:
+            return {"error": "timeout"}
+        except httpx.HTTPError as e:
+            return {"error": f"hook unreachable ({type(e).__name__})"}
+        if r.status_code != 200:
+            return {"error": f"hook answered {r.status_code}"}
+        try:
+            body = r.json()
+        except ValueError:
+            return {"error": "hook answered no JSON"}
+        if not isinstance(body, dict):
+            return {"error": "hook answered no object"}
+        return {"allow": body.get("allow") is True, "reason": str(body.get("reason", ""))[:200]}
+
+    def _existing_approvals(self, fingerprint: str, now: int) -> dict[tuple[str, str], tuple[str, str, str]]:
+        """(flow, step) → (version, status, request id) of this fingerprint's live approval requests."""
+        prefix = f"flow:{fingerprint}:"
+        rows = self._store.read(
+            lambda c: c.execute(
+                sa.select(
+                    approval_requests.c.origin,
+                    approval_requests.c.status,
+                    approval_requests.c.request_id,
+                    approval_requests.c.expires_at,
+                )
+                .where(approval_requests.c.origin.like(prefix + "%"))
+                .order_by(approval_requests.c.created_at)
+            ).all()
+        )
+        out: dict[tuple[str, str], tuple[str, str, str]] = {}
+        for origin, status, rid, expires_at in rows:
+            _, _, key, version = origin.split(":", 3)
+            flow_id, step = key.split("/", 1)
+            if status == "pending" and expires_at <= now:
+                status = "expired"
+            out[(flow_id, step)] = (version, status, rid)
+        return out
+
+    async def _open_approval(self, need: Any, ctx: IssuanceContext, fingerprint: str) -> str:
+        body = {
+            "requester": ctx.client_id,
+            "action": f"issue a token ({ctx.grant})",
+            "resource": ", ".join(ctx.audience) or "-",
+            "scope": list(ctx.scope),
+            "on_behalf_of": ctx.subject if ctx.subject != ctx.client_id else None,
+            "approvers": list(need.people),
+            "groups": list(need.groups),
+            "quorum": need.quorum,
+            "assurance": need.assurance,
+            "ttl": min(need.timeout, self._approvals.config.max_ttl),
+            "environment": {"flow": need.flow, "step": need.step, "version": need.version},
+        }
+        origin = f"flow:{fingerprint}:{need.flow}/{need.step}:{need.version}"
+        try:
+            view = await asyncio.to_thread(self._approvals.create_request, body, ctx.client_id, origin)
+        except ApprovalError as e:
+            raise AccessDenied(f"the approval this request needs cannot be opened: {e.description}") from None
+        return str(view["request_id"])
+
+    def _consume(self, request_ids: list[str]) -> None:
+        """An approval covers one issuance: afterwards it no longer matches the fingerprint."""
+        with self._store.transaction() as conn:
+            for rid in request_ids:
+                conn.execute(
+                    sa.update(approval_requests)
+                    .where(approval_requests.c.request_id == rid)
+                    .values(origin=sa.func.replace(approval_requests.c.origin, "flow:", "flow-used:"))
+                )
+
+    def _notify(self, decision: Decision, ctx: IssuanceContext) -> None:
+        for n in decision.notices:
+            try:
+                self._approvals.notify(
+                    list(n.people),
+                    list(n.groups),
+                    subject=f"Tessera: {n.message or n.flow}",
+                    text=f"{n.message}\n\nClient: {ctx.client_id}\nGrant: {ctx.grant}\nScope: {' '.join(ctx.scope)}\n"
+                    f"Audience: {', '.join(ctx.audience)}\nFlow: {n.flow}/{n.step}",
+                    ref=f"{n.flow}/{n.step}",
+                )
+            except ApprovalError as e:
+                log.warning("flow notice %s/%s not sent: %s", n.flow, n.step, e.description)
+
+    async def _log(
+        self, decision: Decision, ctx: IssuanceContext, context: dict[str, Any], approvals: list[str]
+    ) -> None:
+        event = AuditEvent(
+            "flow.decision",
+            actor=ctx.client_id,
+            subject=ctx.subject,
+            data={
+                "trigger": "token.issue",
+                "grant": ctx.grant,
+                **decision.to_json(),
+                "approval_requests": approvals,
+                "inputs": redact(context),
+            },
+        )
+        try:
+            await self._store.audit(event)
+        except Exception:
+            log.exception("the flow decision could not be recorded: denying")
+            raise _DENY.get(ctx.grant, AccessDenied)(
+                "the decision could not be recorded; denied", client_id=ctx.client_id
+            ) from None
