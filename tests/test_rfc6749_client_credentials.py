@@ -504,7 +504,7 @@ def test_client_assertion_type_without_assertion(server) -> None:
         "authorization_code",
         "refresh_token",
         "urn:ietf:params:oauth:grant-type:device_code",
-        "urn:openid:params:grant-type:ciba",
+        "urn:ietf:params:oauth:grant-type:saml2-bearer",
         "CLIENT_CREDENTIALS",
     ],
 )

@@ -15,7 +15,8 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from tessera.audit import AuditEvent
 from tessera.oauth.errors import (
     AccessDenied,
     AuthorizationPending,
+    InvalidClientMetadata,
     InvalidGrant,
     UnauthorizedClient,
 )
@@ -41,6 +43,18 @@ __all__ = ["FlowGate", "redact"]
 log = logging.getLogger("tessera.flows")
 _SECRET_KEY = re.compile(r"secret|token|password|assertion|private|credential", re.I)
 _DENY = {"client_credentials": UnauthorizedClient, "token_exchange": InvalidGrant, "jwt_bearer": InvalidGrant}
+
+
+def _client_context(client_id: str, md: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": client_id,
+        "name": md.get("client_name", ""),
+        "contacts": list(md.get("contacts", [])),
+        "grant_types": list(md.get("grant_types", [])),
+        "scope": str(md.get("scope", "")).split(),
+        "metadata": redact(dict(md)),
+        "quarantined": bool(md.get("quarantined", False)),
+    }
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -84,23 +98,116 @@ class FlowGate:
         every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba")
         self._grants = {g for g in every for f in issue if f.applies_to_grant(g)}
 
-    def applies(self, grant: str) -> bool:
-        return grant in self._grants
+    def applies(self, grant: str, client_metadata: Mapping[str, Any] | None = None) -> bool:
+        return grant in self._grants or bool(client_metadata and "onboarding" in client_metadata)
+
+    # -- client.register -------------------------------------------------------------------------------
+    async def check_registration(self, client_id: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
+        """Registration flows: None (allowed), an onboarding marker (approval pending), or
+        ``InvalidClientMetadata`` with the reason (denied)."""
+        if not any(f.on == "client.register" for f in self._flows):
+            return None
+        now = int(self._now())
+        context = {
+            "client": _client_context(client_id, metadata),
+            "request": {},
+            "source": {"hour": (now // 3600) % 24},
+        }
+        decision = evaluate(self._flows, "client.register", context, Recorded(), now)
+        for _ in range(3):
+            if not decision.calls:
+                break
+            hooks = {c.key: await self._call(c, context) for c in decision.calls}
+            decision = evaluate(self._flows, "client.register", context, Recorded(hooks=hooks), now)
+        ctx = IssuanceContext("register", client_id, metadata, [], [], 0, client_id)
+        pending: list[str] = []
+        if decision.outcome == "pending":
+            for need in decision.approvals:
+                body = {
+                    "requester": client_id,
+                    "action": f"onboard the client {metadata.get('client_name') or client_id}",
+                    "resource": client_id,
+                    "scope": str(metadata.get("scope", "")).split(),
+                    "approvers": list(need.people),
+                    "groups": list(need.groups),
+                    "quorum": need.quorum,
+                    "assurance": need.assurance,
+                    "ttl": min(need.timeout, self._approvals.config.max_ttl),
+                    "environment": {
+                        "flow": need.flow,
+                        "step": need.step,
+                        "version": need.version,
+                        "contacts": ", ".join(metadata.get("contacts", []))[:500],
+                    },
+                }
+                try:
+                    view = await asyncio.to_thread(
+                        self._approvals.create_request, body, "registration", f"onboarding:{client_id}:{need.key}"
+                    )
+                except ApprovalError as e:
+                    raise InvalidClientMetadata(
+                        f"onboarding needs an approval that cannot be opened: {e.description}"
+                    ) from None
+                pending.append(str(view["request_id"]))
+        if decision.flows or decision.outcome != "allow":
+            await self._log(decision, ctx, context, pending, trigger="client.register")
+        if decision.outcome == "deny":
+            raise InvalidClientMetadata(f"denied by flow: {decision.reason}")
+        if decision.outcome == "pending":
+            return {"status": "pending", "approvals": pending}
+        return None
+
+    async def _onboarding(self, ctx: IssuanceContext) -> None:
+        """A client registered pending an onboarding approval gets nothing until every approval is granted."""
+        marker = ctx.client_metadata.get("onboarding")
+        if not isinstance(marker, dict):
+            return
+        ids = [str(x) for x in marker.get("approvals", [])]
+        statuses = await asyncio.to_thread(self._statuses, ids, int(self._now()))
+        if all(st == "approved" for st in statuses):
+            await asyncio.to_thread(self._clear_onboarding, ctx.client_id)
+            return
+        if any(st in ("denied", "expired", "cancelled", "missing") for st in statuses):
+            raise UnauthorizedClient("the client's onboarding was not approved", client_id=ctx.client_id)
+        raise AuthorizationPending(f"the client's onboarding awaits approval ({', '.join(ids)})")
+
+    def _statuses(self, ids: list[str], now: int) -> list[str]:
+        rows = self._store.read(
+            lambda c: {
+                r.request_id: ("expired" if r.status == "pending" and r.expires_at <= now else r.status)
+                for r in c.execute(
+                    sa.select(
+                        approval_requests.c.request_id, approval_requests.c.status, approval_requests.c.expires_at
+                    ).where(approval_requests.c.request_id.in_(ids))
+                )
+            }
+        )
+        return [rows.get(i, "missing") for i in ids]
+
+    def _clear_onboarding(self, client_id: str) -> None:
+        from tessera.store.sql import repo
+
+        with self._store.transaction() as conn:
+            client = repo.get_client(conn, client_id)
+            if client is not None and "onboarding" in client.metadata:
+                md = {k: v for k, v in client.metadata.items() if k != "onboarding"}
+                repo.update_client(conn, replace(client, metadata=md))
+                repo.append_audit(
+                    conn,
+                    [AuditEvent("client.onboarded", actor="flows", subject=client_id)],
+                    self._store.now_ms(),
+                )
+        self._store.forget_client(client_id)
 
     # -- token.issue ---------------------------------------------------------------------------------
     async def check(self, ctx: IssuanceContext) -> PolicyLimits:
+        await self._onboarding(ctx)
+        if ctx.grant not in self._grants:
+            return PolicyLimits()
         now = int(self._now())
         md = ctx.client_metadata
         context = {
-            "client": {
-                "id": ctx.client_id,
-                "name": md.get("client_name", ""),
-                "contacts": list(md.get("contacts", [])),
-                "grant_types": list(md.get("grant_types", [])),
-                "scope": str(md.get("scope", "")).split(),
-                "metadata": dict(md),
-                "quarantined": bool(md.get("quarantined", False)),
-            },
+            "client": _client_context(ctx.client_id, md),
             "request": {
                 "grant": ctx.grant,
                 "scope": list(ctx.scope),
@@ -253,14 +360,19 @@ class FlowGate:
                 log.warning("flow notice %s/%s not sent: %s", n.flow, n.step, e.description)
 
     async def _log(
-        self, decision: Decision, ctx: IssuanceContext, context: dict[str, Any], approvals: list[str]
+        self,
+        decision: Decision,
+        ctx: IssuanceContext,
+        context: dict[str, Any],
+        approvals: list[str],
+        trigger: str = "token.issue",
     ) -> None:
         event = AuditEvent(
             "flow.decision",
             actor=ctx.client_id,
             subject=ctx.subject,
             data={
-                "trigger": "token.issue",
+                "trigger": trigger,
                 "grant": ctx.grant,
                 **decision.to_json(),
                 "approval_requests": approvals,

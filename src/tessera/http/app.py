@@ -314,6 +314,7 @@ def build_app(runtime: Runtime) -> Any:
         reader=store,
         writer=store,
         now=clock.now,
+        onboarding=flows.check_registration,
     )
     backchannel = BackchannelEndpoint(
         issuer=issuer,

@@ -36,8 +36,9 @@ class PolicyLimits:
 
 
 class IssuancePolicy(Protocol):
-    def applies(self, grant: str) -> bool:
-        """Cheap: whether any flow in force could apply to this grant (else ``check`` is skipped)."""
+    def applies(self, grant: str, client_metadata: Mapping[str, Any] | None = None) -> bool:
+        """Cheap: whether any flow in force could apply to this grant, or the client awaits its
+        onboarding approval (else ``check`` is skipped)."""
         ...
 
     async def check(self, ctx: IssuanceContext) -> PolicyLimits:

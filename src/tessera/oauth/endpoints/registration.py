@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tessera.audit import AuditEvent
@@ -77,6 +77,10 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: metadata only the server sets; a client's RFC 7592 update keeps them as they are
+SERVER_CONTROLLED = ("onboarding", "quarantined")
+
+
 class RegistrationEndpoint:
     def __init__(
         self,
@@ -87,7 +91,9 @@ class RegistrationEndpoint:
         reader: ClientReader,
         writer: ClientWriter,
         now: Callable[[], float],
+        onboarding: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None,
     ) -> None:
+        self._onboarding = onboarding
         self._issuer = issuer
         self._initial = initial_access_token
         self._policy = policy
@@ -129,8 +135,15 @@ class RegistrationEndpoint:
         now = int(self._now())
         secret = generate_secret() if metadata["token_endpoint_auth_method"] in SECRET_METHODS else None
         rat = secrets.token_urlsafe(32)
+        client_id = generate_client_id()
+        if self._onboarding is not None:
+            # The flows in force decide (docs/flows.md, trigger client.register): a denial is
+            # invalid_client_metadata; an approval step registers the client with no token until approved.
+            marker = await self._onboarding(client_id, metadata)
+            if marker is not None:
+                metadata = {**metadata, "onboarding": marker}
         client = Client(
-            client_id=generate_client_id(),
+            client_id=client_id,
             metadata=metadata,
             secret_hash=hash_secret(secret) if secret else None,
             source="registration",
@@ -179,6 +192,10 @@ class RegistrationEndpoint:
         fields = {k: v for k, v in body.items() if k not in READ_ONLY and k not in ("client_id", "client_secret")}
         metadata = validate_metadata(fields, self._policy)
         _only_narrows(client, metadata)
+        for kept in SERVER_CONTROLLED:
+            # Set by the server (onboarding approval, quarantine), never by the client's own update.
+            if kept in client.metadata:
+                metadata[kept] = client.metadata[kept]
         secret = None
         secret_hash = client.secret_hash
         if metadata["token_endpoint_auth_method"] in SECRET_METHODS:

@@ -101,7 +101,7 @@ class CibaGrant:
             max(rec.grant.get("lifetime", self._max_lifetime), 10),
         )
         scope, audience = list(rec.grant["scope"]), list(rec.grant["audience"])
-        if self._policy is not None and self._policy.applies("ciba"):
+        if self._policy is not None and self._policy.applies("ciba", client.metadata):
             limits = await self._policy.check(
                 IssuanceContext(
                     "ciba",

@@ -93,7 +93,7 @@ class ClientCredentialsGrant:
         scope = resolve_scope(client, request.form.get("scope"))
         aud = resolve_audience(client, request.form.getlist("resource"), self._default_audience)
         lifetime = min(self._max_lifetime, client.token_lifetime_cap or self._max_lifetime)
-        if self._policy is not None and self._policy.applies("client_credentials"):
+        if self._policy is not None and self._policy.applies("client_credentials", client.metadata):
             limits = await self._policy.check(
                 IssuanceContext(
                     "client_credentials", client.client_id, client.metadata, scope, aud, lifetime, client.client_id

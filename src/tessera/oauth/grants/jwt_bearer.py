@@ -82,7 +82,7 @@ class JwtBearerGrant:
         # A public client (auth method "none") proved nothing: it is treated as an anonymous caller.
         caller = request.client.client if request.client is not None and request.client.method != "none" else None
         lifetime = min(self._max_lifetime, party.max_lifetime)
-        if self._policy is not None and self._policy.applies("jwt_bearer"):
+        if self._policy is not None and self._policy.applies("jwt_bearer", caller.metadata if caller else None):
             limits = await self._policy.check(
                 IssuanceContext(
                     "jwt_bearer",

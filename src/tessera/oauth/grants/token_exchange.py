@@ -331,7 +331,9 @@ class TokenExchangeGrant:
             if actor is not None and mode != "self"
             else subject.client_id or subject.principal
         )
-        if self._policy is not None and self._policy.applies("token_exchange"):
+        if self._policy is not None and self._policy.applies(
+            "token_exchange", caller.metadata if caller is not None else None
+        ):
             limits = await self._policy.check(
                 IssuanceContext(
                     "token_exchange",
