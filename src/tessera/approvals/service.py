@@ -646,6 +646,34 @@ class ApprovalService:
 
         return self.store.run(work)
 
+    def cancel_for_requester(self, requester: str, actor: str, why: str) -> list[str]:
+        """Cancel every pending request of a requester (a revoked or deleted client): its links stop
+        working and a CIBA client polling for it gets ``expired_token``."""
+        now = self._now()
+
+        def work(tx: ApprovalTx) -> list[str]:
+            cancelled = []
+            for rec in tx.list_requests("pending", 10_000):
+                if rec.requester != requester:
+                    continue
+                locked = tx.get_request(rec.request_id, lock=True)
+                if locked is None or locked.status != "pending":
+                    continue
+                tx.set_request_status(rec.request_id, "cancelled", now)
+                tx.supersede_links(rec.request_id, now)
+                tx.audit(
+                    AuditEvent(
+                        "approval.cancelled",
+                        actor=actor,
+                        subject=requester,
+                        data={"request_id": rec.request_id, "reason": why},
+                    )
+                )
+                cancelled.append(rec.request_id)
+            return cancelled
+
+        return self.store.run(work)
+
     def resend(self, request_id: str, actor: str) -> dict[str, Any]:
         """New links for the eligible people who have not voted; their old links stop working. A person's
         failure count is theirs, not the link's: a resend does not reset it."""

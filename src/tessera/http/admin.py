@@ -176,6 +176,8 @@ def admin_app(
         if not await asyncio.to_thread(store.delete_client_now, client_id, event):
             raise HTTPException(404, "no such client")
         invalidate_status_lists(None)
+        if approvals is not None:
+            await asyncio.to_thread(approvals.cancel_for_requester, client_id, actor, "client deleted")
         return Response(status_code=204)
 
     @app.post("/clients/{client_id}/secret", summary="Rotate a client's secret (shown once)")
@@ -306,7 +308,16 @@ def admin_app(
         selector = selector_from_request(body, keys.current(), settings.issuer)
         revoked = await asyncio.to_thread(store.revoke_now, selector, actor=actor, via="admin")
         invalidate_status_lists(t.status_list for t in revoked)
-        return {"revoked": len(revoked)}
+        cancelled: list[str] = []
+        if approvals is not None and selector.client_id is not None:
+            # Revoking a client's tokens also cancels what it is still waiting for (approvals, CIBA).
+            cancelled = await asyncio.to_thread(
+                approvals.cancel_for_requester, selector.client_id, actor, "client revoked"
+            )
+        out: dict[str, Any] = {"revoked": len(revoked)}
+        if selector.client_id is not None:
+            out["approvals_cancelled"] = len(cancelled)
+        return out
 
     @app.get("/audit", summary="Audit records in chain order")
     def audit(

@@ -378,6 +378,7 @@ def build_app(runtime: Runtime) -> Any:
         if request.method == "DELETE":
             await registration.delete(cid, authz)
             status_lists.invalidate(None)  # the client's tokens were revoked with it
+            await asyncio.to_thread(approvals.cancel_for_requester, cid, "registration", "client deleted")
             return Response(status_code=204, headers=NO_STORE)
         await registration.read(cid, authz)  # authenticate before parsing
         body = await read_json(request, settings.max_body_bytes)
