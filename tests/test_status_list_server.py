@@ -212,12 +212,18 @@ def test_admin_revocation_by_jti_client_subject_and_token(server: LiveServer) ->
         assert admin.post("/tokens/revoke", json={"token": t2}).json() == {"revoked": 1}
         assert status_of(t2) == 1
         b_tokens = [issue(server, b) for _ in range(3)]
-        assert admin.post("/tokens/revoke", json={"client_id": b["client_id"]}).json() == {"revoked": 3, "approvals_cancelled": 0}
+        assert admin.post("/tokens/revoke", json={"client_id": b["client_id"]}).json() == {
+            "revoked": 3,
+            "approvals_cancelled": 0,
+        }
         assert [status_of(t) for t in b_tokens] == [1, 1, 1]
         t3 = issue(server, a)
         assert admin.post("/tokens/revoke", json={"sub": a["client_id"]}).json() == {"revoked": 1}
         assert status_of(t3) == 1
-        assert admin.post("/tokens/revoke", json={"client_id": "nobody"}).json() == {"revoked": 0, "approvals_cancelled": 0}
+        assert admin.post("/tokens/revoke", json={"client_id": "nobody"}).json() == {
+            "revoked": 0,
+            "approvals_cancelled": 0,
+        }
         for body in (
             {},
             {"jti": "x", "sub": "y"},

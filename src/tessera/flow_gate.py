@@ -99,7 +99,9 @@ class FlowGate:
         self._grants = {g for g in every for f in issue if f.applies_to_grant(g)}
 
     def applies(self, grant: str, client_metadata: Mapping[str, Any] | None = None) -> bool:
-        return grant in self._grants or bool(client_metadata and "onboarding" in client_metadata)
+        return grant in self._grants or bool(
+            client_metadata and ("onboarding" in client_metadata or "quarantined" in client_metadata)
+        )
 
     # -- client.register -------------------------------------------------------------------------------
     async def check_registration(self, client_id: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
@@ -165,11 +167,24 @@ class FlowGate:
         ids = [str(x) for x in marker.get("approvals", [])]
         statuses = await asyncio.to_thread(self._statuses, ids, int(self._now()))
         if all(st == "approved" for st in statuses):
-            await asyncio.to_thread(self._clear_onboarding, ctx.client_id)
+            await asyncio.to_thread(self._clear, ctx.client_id, "onboarding", "client.onboarded")
             return
         if any(st in ("denied", "expired", "cancelled", "missing") for st in statuses):
             raise UnauthorizedClient("the client's onboarding was not approved", client_id=ctx.client_id)
         raise AuthorizationPending(f"the client's onboarding awaits approval ({', '.join(ids)})")
+
+    async def _quarantine(self, ctx: IssuanceContext) -> None:
+        """An incident quarantine blocks new issuance until an approval revalidates the client."""
+        marker = ctx.client_metadata.get("quarantined")
+        if not marker:
+            return
+        lift = marker.get("lift") if isinstance(marker, dict) else None
+        if lift:
+            (status,) = await asyncio.to_thread(self._statuses, [str(lift)], int(self._now()))
+            if status == "approved":
+                await asyncio.to_thread(self._clear, ctx.client_id, "quarantined", "client.quarantine_lifted")
+                return
+        raise UnauthorizedClient("the client is quarantined; its ownership and scope must be revalidated")
 
     def _statuses(self, ids: list[str], now: int) -> list[str]:
         rows = self._store.read(
@@ -184,24 +199,21 @@ class FlowGate:
         )
         return [rows.get(i, "missing") for i in ids]
 
-    def _clear_onboarding(self, client_id: str) -> None:
+    def _clear(self, client_id: str, field: str, event: str) -> None:
         from tessera.store.sql import repo
 
         with self._store.transaction() as conn:
             client = repo.get_client(conn, client_id)
-            if client is not None and "onboarding" in client.metadata:
-                md = {k: v for k, v in client.metadata.items() if k != "onboarding"}
+            if client is not None and field in client.metadata:
+                md = {k: v for k, v in client.metadata.items() if k != field}
                 repo.update_client(conn, replace(client, metadata=md))
-                repo.append_audit(
-                    conn,
-                    [AuditEvent("client.onboarded", actor="flows", subject=client_id)],
-                    self._store.now_ms(),
-                )
+                repo.append_audit(conn, [AuditEvent(event, actor="flows", subject=client_id)], self._store.now_ms())
         self._store.forget_client(client_id)
 
     # -- token.issue ---------------------------------------------------------------------------------
     async def check(self, ctx: IssuanceContext) -> PolicyLimits:
         await self._onboarding(ctx)
+        await self._quarantine(ctx)
         if ctx.grant not in self._grants:
             return PolicyLimits()
         now = int(self._now())

@@ -150,6 +150,9 @@ def admin_app(
         client = _changeable(client_id)
         metadata.pop("client_id", None)
         md = validate_metadata(metadata, client_policy(settings))
+        if "quarantined" in client.metadata:
+            # A quarantine ends only through its lift approval (POST /clients/{id}/quarantine/lift).
+            md["quarantined"] = client.metadata["quarantined"]
         secret = None
         secret_hash = client.secret_hash
         if md["token_endpoint_auth_method"] in ("client_secret_basic", "client_secret_post"):
@@ -329,8 +332,20 @@ def admin_app(
     def audit_verify(_: str = Depends(admin)) -> dict[str, Any]:
         return store.verify_audit().as_json()
 
+    def set_quarantine(client_id: str, marker: dict[str, Any], actor: str, event: str) -> dict[str, Any]:
+        client = _get(client_id)
+        updated = replace(
+            client, metadata={**client.metadata, "quarantined": marker}, updated_at=int(runtime.clock.now())
+        )
+        store.write(
+            lambda c: repo.update_client(c, updated),
+            [AuditEvent(event, actor=actor, subject=client_id, data={"quarantine": marker})],
+        )
+        store.forget_client(client_id)
+        return _view(updated)
+
     if approvals is not None and outbox is not None:
-        add_approval_routes(app, approvals, outbox, admin)
+        add_approval_routes(app, approvals, outbox, admin, _get, set_quarantine)
 
     def openapi() -> dict[str, Any]:
         """The generated document, told the truth about errors: 400/401/403 with the error body, never 422."""

@@ -36,7 +36,14 @@ def person_view(rec: PersonRecord, auths: list[AuthenticatorRecord]) -> dict[str
     }
 
 
-def add_approval_routes(app: FastAPI, service: ApprovalService, outbox: SqlOutbox, admin: Callable[..., str]) -> None:
+def add_approval_routes(
+    app: FastAPI,
+    service: ApprovalService,
+    outbox: SqlOutbox,
+    admin: Callable[..., str],
+    clients: Callable[[str], Any],
+    set_quarantine: Callable[[str, dict[str, Any], str, str], dict[str, Any]],
+) -> None:
     @app.exception_handler(ApprovalError)
     async def _approval(_: Request, exc: ApprovalError) -> JSONResponse:
         return JSONResponse({"error": exc.code, "error_description": exc.description}, exc.status)
@@ -122,6 +129,54 @@ def add_approval_routes(app: FastAPI, service: ApprovalService, outbox: SqlOutbo
     )
     def resend_approval(request_id: str, actor: str = Depends(admin)) -> dict[str, Any]:
         return service.resend(request_id, actor)
+
+    # -- incident quarantine of a client ------------------------------------------------------------------
+    @app.post(
+        "/clients/{client_id}/quarantine",
+        summary="Quarantine a client: no new token until an approval revalidates its ownership and scope",
+        tags=["clients"],
+    )
+    def quarantine(
+        client_id: str, body: dict[str, Any] = Body(default={}), actor: str = Depends(admin)
+    ) -> dict[str, Any]:
+        reason = str(body.get("reason", ""))[:300]
+        return set_quarantine(client_id, {"since": int(service.now()), "reason": reason}, actor, "client.quarantined")
+
+    @app.post(
+        "/clients/{client_id}/quarantine/lift",
+        summary="Ask for the approval that lifts a quarantine (people or groups, quorum, assurance)",
+        tags=["clients"],
+    )
+    def lift_quarantine(
+        client_id: str, body: dict[str, Any] = Body(...), actor: str = Depends(admin)
+    ) -> dict[str, Any]:
+        client = clients(client_id)
+        marker = client.metadata.get("quarantined")
+        if not marker:
+            raise NotFound(f"client {client_id} is not quarantined")
+        request = {
+            "requester": actor,
+            "action": "lift the quarantine of a client (ownership and scope revalidated)",
+            "resource": client_id,
+            "scope": str(client.metadata.get("scope", "")).split(),
+            "approvers": body.get("approvers", []),
+            "groups": body.get("groups", []),
+            "quorum": body.get("quorum", 1),
+            "assurance": body.get("assurance", "aal2"),
+            "ttl": body.get("ttl", 3600),
+            "environment": {
+                "contacts": ", ".join(client.metadata.get("contacts", []))[:500],
+                "reason": str(marker.get("reason", "") if isinstance(marker, dict) else "")[:300],
+            },
+        }
+        view = service.create_request(request, actor, origin=f"quarantine:{client_id}")
+        set_quarantine(
+            client_id,
+            {**(marker if isinstance(marker, dict) else {}), "lift": view["request_id"]},
+            actor,
+            "client.quarantine_lift_requested",
+        )
+        return view
 
     # -- the outbox ----------------------------------------------------------------------------------------
     @app.get("/outbox", summary="Outgoing messages (metadata only; bodies stay sealed)", tags=["outbox"])
