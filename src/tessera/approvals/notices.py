@@ -60,8 +60,9 @@ def approval_message(
         lines.append(f"  Scopes:      {' '.join(tx.scope)}")
     if tx.binding_message:
         lines.append(f"  Message:     {tx.binding_message}")
+    if tx.environment.get("delivery") is None:  # a CIBA client shows its binding message, not our code
+        lines.append(f"  Check code:  {check_code(tx_hash)} (the requester sees the same code)")
     lines += [
-        f"  Check code:  {check_code(tx_hash)} (the requester sees the same code)",
         f"  Open until:  {_when(tx.expires_at)}",
         "",
         f"Review and approve or deny (you will confirm with your passkey or code; link valid until "

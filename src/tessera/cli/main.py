@@ -14,6 +14,7 @@ from tessera.cli.approvals import approvals, outbox, people
 from tessera.cli.audit import audit
 from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
+from tessera.cli.flows import flows
 from tessera.cli.issuers import issuers
 from tessera.cli.keys import keys
 from tessera.cli.token import token
@@ -114,5 +115,5 @@ def db_upgrade() -> None:
 
 # -- clients -------------------------------------------------------------------------------------------
 
-for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token, people, approvals, outbox):
+for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token, people, approvals, outbox, flows):
     main.add_command(command)

@@ -156,7 +156,8 @@ def build_app(runtime: Runtime) -> Any:
         now=clock.now,
         assertion_max_lifetime=settings.assertion_max_lifetime,
         leeway=settings.leeway,
-        other_endpoints=(issuer + "/oauth/revoke", issuer + "/oauth/introspect"),
+        # CIBA §7.1: the backchannel endpoint's URL is an accepted audience of a client assertion too.
+        other_endpoints=(issuer + "/oauth/revoke", issuer + "/oauth/introspect", issuer + "/oauth/bc-authorize"),
         federation=federation,
     )
     process = _process_name()

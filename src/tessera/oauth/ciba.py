@@ -119,7 +119,7 @@ def decide_poll(rec: CibaRecord | None, client_id: str, now: int) -> PollDecisio
 class CibaStore(Protocol):
     async def load(self, auth_req_hash: str) -> CibaRecord | None: ...
 
-    async def poll(self, auth_req_hash: str, client_id: str, now: int) -> PollDecision:
+    async def poll(self, auth_req_hash: str, client_id: str, now: int, assertion: Any = None) -> PollDecision:
         """Lock the record, ``decide_poll`` and apply its updates, in one transaction."""
         ...
 

@@ -25,7 +25,7 @@ from tessera.approvals.service import ApprovalService
 from tessera.audit import AuditEvent
 from tessera.channels.message import Message, new_message_id
 from tessera.oauth.ciba import CIBA_GRANT, aal_of_acr, auth_req_hash
-from tessera.oauth.client_auth import AssertionUse, AuthenticatedClient, ClientAuthenticator
+from tessera.oauth.client_auth import AssertionUse, AuthenticatedClient, ClientAuthenticator, assertion_replayed
 from tessera.oauth.clients import parse_scope
 from tessera.oauth.errors import (
     AccessDenied,
@@ -92,6 +92,12 @@ class BackchannelEndpoint:
         authn = await self._authn.authenticate_confidential(headers, form)
         client = authn.client
         cid = client.client_id
+        if authn.assertion is not None:
+            # RFC 7523 §3 (7): a client assertion is single use here as at the token endpoint.
+            try:
+                await self._replay.consume_assertion(authn.assertion)
+            except AssertionReplayed:
+                raise assertion_replayed(cid) from None
         if CIBA_GRANT not in client.grant_types:
             raise UnauthorizedClient("the client is not registered for the CIBA grant", client_id=cid)
         params = await self._parameters(authn, form)
@@ -131,7 +137,7 @@ class BackchannelEndpoint:
             "approvers": [person.person_id],
             "quorum": 1,
             "assurance": assurance,
-            "ttl": expires_in,
+            "ttl": max(30, expires_in),  # the approval may outlive a very short request; the record decides
             "environment": {"client": cid, "delivery": mode},
         }
         ping = None
@@ -373,12 +379,16 @@ class BackchannelEndpoint:
                 raise InvalidAuthorizationDetails("authorization_details is not JSON", client_id=cid) from None
         # RFC 9396 §2: a JSON array of objects, each with a "type" string the AS knows.
         if not isinstance(value, list) or not value or len(value) > 16:
-            raise InvalidAuthorizationDetails("authorization_details must be a JSON array of 1-16 objects")
+            raise InvalidAuthorizationDetails(
+                "authorization_details must be a JSON array of 1-16 objects", client_id=cid
+            )
         for d in value:
             if not isinstance(d, dict) or not isinstance(d.get("type"), str):
                 raise InvalidAuthorizationDetails("each authorization detail is an object with a type", client_id=cid)
             if d["type"] not in self._policy.authorization_details_types:
-                raise InvalidAuthorizationDetails(f"unknown authorization details type {d['type'][:64]!r}")
+                raise InvalidAuthorizationDetails(
+                    f"unknown authorization details type {d['type'][:64]!r}", client_id=cid
+                )
         if len(json.dumps(value)) > 8192:
             raise InvalidAuthorizationDetails("authorization_details is too large", client_id=cid)
         return value
@@ -386,7 +396,7 @@ class BackchannelEndpoint:
     def _expiry(self, value: Any, authn: AuthenticatedClient) -> int:
         if value is None:
             return self._policy.max_expiry
-        if not isinstance(value, str) or not value.isdigit() or len(value) > 9 or int(value) <= 0:
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,9}", value) or int(value) <= 0:
             raise InvalidRequest("requested_expiry must be a positive integer", client_id=authn.client.client_id)
         return min(int(value), self._policy.max_expiry)
 

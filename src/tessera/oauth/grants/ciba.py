@@ -78,7 +78,10 @@ class CibaGrant:
         client = authn.client
         key = auth_req_hash(request.form["auth_req_id"])
         now = int(self._now())
-        decision = await self._store.poll(key, client.client_id, now)
+        try:
+            decision = await self._store.poll(key, client.client_id, now, authn.assertion)
+        except AssertionReplayed:
+            raise assertion_replayed(client.client_id) from None
         if decision.replay:
             revoked = await self._store.revoke_issued(key, client.client_id)
             self._on_revoked([t.status_list for t in revoked])
@@ -164,7 +167,7 @@ class CibaGrant:
         )
         try:
             final = await self._store.redeem(
-                key, client.client_id, now, [access.record, id_token.record], [event], authn.assertion
+                key, client.client_id, now, [access.record, id_token.record], [event], None
             )
         except AssertionReplayed:
             raise assertion_replayed(client.client_id) from None

@@ -74,8 +74,13 @@ class SqlCiba:
     async def load(self, auth_req_hash: str) -> CibaRecord | None:
         return await asyncio.to_thread(self._store.read, lambda c: _load(c, auth_req_hash, False))
 
-    async def poll(self, auth_req_hash: str, client_id: str, now: int) -> PollDecision:
+    async def poll(
+        self, auth_req_hash: str, client_id: str, now: int, assertion: AssertionUse | None = None
+    ) -> PollDecision:
         def work(conn: sa.Connection) -> tuple[PollDecision, list[AuditEvent]]:
+            # The client assertion first: a replayed token request changes nothing, revokes nothing.
+            if assertion is not None and not repo.consume_assertions(conn, [assertion]):
+                raise AssertionReplayed(assertion.jti, ((assertion.client_id, assertion.jti),))
             decision = decide_poll(_load(conn, auth_req_hash, True), client_id, now)
             if not decision.redeem:
                 _update(conn, auth_req_hash, decision.updates)

@@ -1,0 +1,243 @@
+"""``tessera flows``: check, test, compare, publish and roll back flows (docs/flows.md).
+
+``validate``, ``test`` and ``schema`` work on files alone (CI needs no server); ``list``, ``diff``,
+``publish`` and ``rollback`` open the configured store. With no directory, ``validate`` and ``test``
+check the flows that ship with Tessera.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from tessera.cli.common import echo_json, fail, runtime
+
+if TYPE_CHECKING:
+    from tessera.runtime import Runtime
+    from tessera.workflows.model import Flow
+    from tessera.workflows.testing import Report
+
+__all__ = ["flows"]
+
+ACTOR = "cli"
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    rt = runtime()
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _dirs(directories: Sequence[Path]) -> list[Path]:
+    from tessera.flow_runtime import DEFAULT_FLOWS
+
+    return list(directories) or [DEFAULT_FLOWS]
+
+
+def _load(directory: Path) -> tuple[list[Flow], list[str]]:
+    """The flows of a directory, and ``file:line: message`` for each problem (flows and test files)."""
+    from tessera.workflows.loader import FlowError, load_dir
+    from tessera.workflows.testing import check_tests
+
+    try:
+        found = load_dir(directory)
+    except FlowError as e:
+        out: list[str] = []
+        for _, msg in e.problems:
+            out.extend(msg.splitlines())
+        return [], out
+    return found, check_tests(directory, found)
+
+
+def _tests(directory: Path) -> Report:
+    from tessera.workflows.testing import run_tests
+
+    return run_tests(directory)
+
+
+def _in_force(rt: Runtime) -> tuple[list[Flow], set[str]]:
+    from tessera.flow_runtime import list_versions, published_flows
+
+    published = {v["version"] for v in list_versions(rt.store) if v["status"] == "published"}
+    return published_flows(rt.store), published
+
+
+def _document(flow: Flow) -> list[str]:
+    import yaml
+
+    return yaml.safe_dump(dict(flow.document), sort_keys=False, allow_unicode=True).splitlines()
+
+
+def _show_changes(current: Sequence[Flow], candidate: Sequence[Flow]) -> list[dict[str, Any]]:
+    """Print what publishing ``candidate`` would change; flows it does not name stay as they are."""
+    from tessera.workflows.versions import diff
+
+    changes = [c for c in diff(current, candidate) if c["change"] != "removed"]
+    old = {f.id: f for f in current}
+    new = {f.id: f for f in candidate}
+    for c in changes:
+        if c["change"] == "added":
+            click.echo(f"added    {c['flow']}\t{c['on']}\t{c['version']}")
+            continue
+        click.echo(f"changed  {c['flow']}\t{c['on']}\t{c['from']} -> {c['to']}")
+        for line in difflib.unified_diff(
+            _document(old[c["flow"]]), _document(new[c["flow"]]), "in force", "candidate", lineterm="", n=2
+        ):
+            click.echo("    " + line)
+    unchanged = sorted(set(new) - {c["flow"] for c in changes})
+    if unchanged:
+        click.echo(f"unchanged {', '.join(unchanged)}")
+    if not changes:
+        click.echo("nothing to publish: the flows in force are the same")
+    return changes
+
+
+@click.group()
+def flows() -> None:
+    """Flows: versioned, testable identity policy (validate, test, list, diff, publish, rollback)."""
+
+
+@flows.command("validate")
+@click.argument("directories", nargs=-1, type=_DIR)
+def flows_validate(directories: tuple[Path, ...]) -> None:
+    """Check flow files (and their test files) without running anything.
+
+    Prints each flow's id, trigger and version; errors as file:line: message. Default: the flows
+    that ship with Tessera.
+    """
+    problems: list[str] = []
+    for directory in _dirs(directories):
+        found, errors = _load(directory)
+        for f in found:
+            click.echo(f"{f.id}\t{f.on}\t{f.version}\t{f.source}")
+        problems.extend(errors)
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        fail(f"{len(problems)} problem(s)")
+
+
+@flows.command("test")
+@click.argument("directories", nargs=-1, type=_DIR)
+def flows_test(directories: tuple[Path, ...]) -> None:
+    """Run the *.test.yaml files beside the flows; exit 1 on any mismatch.
+
+    Default: the flows that ship with Tessera.
+    """
+    from tessera.workflows.testing import Report
+
+    report = Report()
+    for directory in _dirs(directories):
+        report.extend(_tests(directory))
+    click.echo(report.render())
+    if not report.ok:
+        sys.exit(1)
+
+
+@flows.command("list")
+@click.option("--all", "every", is_flag=True, help="Every stored version, not only the flows in force.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of one line per flow.")
+def flows_list(every: bool, as_json: bool) -> None:
+    """The flows in force (published, and shipped defaults not overridden): id, trigger, version, source."""
+    with _runtime() as rt:
+        if every:
+            from tessera.flow_runtime import list_versions
+
+            rows = list_versions(rt.store)
+            if as_json:
+                echo_json(rows)
+                return
+            for v in rows:
+                click.echo(f"{v['flow']}\t{v['on']}\t{v['version']}\t{v['status']}\t{v['tag'] or '-'}")
+            return
+        current, published = _in_force(rt)
+    entries = [
+        {"flow": f.id, "on": f.on, "version": f.version, "source": "published" if f.version in published else "default"}
+        for f in current
+    ]
+    if as_json:
+        echo_json(entries)
+        return
+    for e in entries:
+        click.echo(f"{e['flow']}\t{e['on']}\t{e['version']}\t{e['source']}")
+
+
+@flows.command("diff")
+@click.argument("directory", type=_DIR)
+def flows_diff(directory: Path) -> None:
+    """What publishing DIRECTORY would change in the flows in force."""
+    found, problems = _load(directory)
+    if problems:
+        for p in problems:
+            click.echo(p, err=True)
+        fail(f"{len(problems)} problem(s)")
+    with _runtime() as rt:
+        current, _ = _in_force(rt)
+    _show_changes(current, found)
+
+
+@flows.command("publish")
+@click.argument("directory", type=_DIR)
+@click.option("--tag", help="A label stored with the versions (a commit SHA, a release).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def flows_publish(directory: Path, tag: str | None, yes: bool) -> None:
+    """Validate and test DIRECTORY, then make its flows the ones in force (audited flow.published).
+
+    Refused when a flow is invalid or a test fails. Flows in force that DIRECTORY does not name stay.
+    """
+    from tessera.flow_runtime import publish
+
+    found, problems = _load(directory)
+    if problems:
+        for p in problems:
+            click.echo(p, err=True)
+        fail(f"not published: {len(problems)} problem(s)")
+    if not found:
+        fail(f"not published: no flow in {directory}")
+    report = _tests(directory)
+    if not report.ok:
+        click.echo(report.render())
+        fail("not published: the flows' tests fail")
+    if not report.results:
+        click.echo("warning: no test file in " + str(directory), err=True)
+    with _runtime() as rt:
+        current, _ = _in_force(rt)
+        if not _show_changes(current, found):
+            return
+        if not yes:
+            click.confirm("publish these flows?", abort=True)
+        for c in publish(rt, found, ACTOR, tag=tag):
+            click.echo(f"published {c['flow']} {c['version']} (was {c['previous'] or 'not published'})")
+
+
+@flows.command("rollback")
+@click.argument("flow_id")
+@click.option("--to", "version", help="The stored version to publish again (default: the one before).")
+def flows_rollback(flow_id: str, version: str | None) -> None:
+    """Publish an earlier stored version of FLOW_ID again (audited flow.rolled_back)."""
+    from tessera.flow_runtime import rollback
+
+    with _runtime() as rt:
+        try:
+            c = rollback(rt, flow_id, version, ACTOR)
+        except LookupError as e:
+            fail(str(e.args[0] if e.args else e))
+    click.echo(f"rolled back {c['flow']} to {c['version']} (was {c['previous'] or 'not published'})")
+
+
+@flows.command("schema")
+def flows_schema() -> None:
+    """Print the flow format's JSON Schema (for editors and CI)."""
+    from tessera.workflows.loader import schema
+
+    echo_json(schema())
