@@ -190,7 +190,12 @@ def flows_diff(directory: Path) -> None:
 @click.argument("directory", type=_DIR)
 @click.option("--tag", help="A label stored with the versions (a commit SHA, a release).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def flows_publish(directory: Path, tag: str | None, yes: bool) -> None:
+@click.option(
+    "--approval",
+    help="An approved approval request (tessera approvals create …) that allows publishing flows which "
+    "would turn recorded denials into allows on a high-risk trigger.",
+)
+def flows_publish(directory: Path, tag: str | None, yes: bool, approval: str | None) -> None:
     """Validate and test DIRECTORY, then make its flows the ones in force (audited flow.published).
 
     Refused when a flow is invalid or a test fails. Flows in force that DIRECTORY does not name stay.
@@ -214,10 +219,99 @@ def flows_publish(directory: Path, tag: str | None, yes: bool) -> None:
         current, _ = _in_force(rt)
         if not _show_changes(current, found):
             return
+        ids = {f.id for f in found}
+        report = _replay(rt, [*found, *(f for f in current if f.id not in ids)], None)
+        if report.total:
+            click.echo(report.render())
+        opened = report.high_risk_opened
+        if opened:
+            from tessera.approval_runtime import approval_service
+
+            status = None
+            if approval:
+                try:
+                    status = approval_service(rt).get_request(approval)["status"]
+                except Exception:
+                    status = None
+            if status != "approved":
+                fail(
+                    f"not published: {len(opened)} recorded denial(s) on a high-risk trigger would be allowed; "
+                    "publish with --approval <an approved approval request>"
+                )
+            click.echo(f"{len(opened)} denial(s) would become allows: publishing under approval {approval}")
         if not yes:
             click.confirm("publish these flows?", abort=True)
         for c in publish(rt, found, ACTOR, tag=tag):
             click.echo(f"published {c['flow']} {c['version']} (was {c['previous'] or 'not published'})")
+
+
+def _replay(rt: Runtime, candidate: Sequence[Flow], limit: int | None) -> Any:
+    """Replay the recorded decisions against ``candidate`` (a progress bar on long runs)."""
+    import sqlalchemy as sa
+
+    from tessera.store.sql.tables import audit_log
+    from tessera.workflows.replay import replay
+
+    def count(conn: Any) -> int:
+        q = sa.select(sa.func.count()).select_from(audit_log).where(audit_log.c.event == "flow.decision")
+        return int(conn.execute(q).scalar_one())
+
+    total = rt.store.read(count)
+    if limit is not None:
+        total = min(total, limit)
+
+    def records() -> Iterator[dict[str, Any]]:
+        import orjson
+
+        after, seen = 0, 0
+        while limit is None or seen < limit:
+            query = (
+                sa.select(audit_log.c.seq, audit_log.c.ts, audit_log.c.data)
+                .where(audit_log.c.event == "flow.decision", audit_log.c.seq > after)
+                .order_by(audit_log.c.seq)
+                .limit(2000)
+            )
+
+            def batch(conn: Any, query: Any = query) -> list[Any]:
+                return list(conn.execute(query).all())
+
+            rows = rt.store.read(batch)
+            if not rows:
+                return
+            for row in rows:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield {"seq": row.seq, "ts": row.ts, "data": orjson.loads(row.data)}
+            after = int(rows[-1].seq)
+
+    if total >= 1000 and sys.stderr.isatty():
+        with click.progressbar(length=total, label="replaying", file=sys.stderr) as bar:
+            return replay(records(), candidate, progress=bar.update)
+    return replay(records(), candidate)
+
+
+@flows.command("replay")
+@click.option("--candidate", "directory", required=True, type=_DIR, help="The flows to try (a directory).")
+@click.option("--limit", type=int, help="Replay at most this many decisions (oldest first).")
+@click.option("--json", "as_json", is_flag=True, help="The full report as JSON (every changed decision's seq).")
+def flows_replay(directory: Path, limit: int | None, as_json: bool) -> None:
+    """Which recorded decisions the candidate flows would decide differently (allow→deny, deny→allow,
+    approvals added or removed), with the records that cannot be replayed listed apart."""
+    found, problems = _load(directory)
+    if problems:
+        for p in problems:
+            click.echo(p, err=True)
+        fail(f"the candidate has {len(problems)} problem(s)")
+    with _runtime() as rt:
+        current, _ = _in_force(rt)
+        ids = {f.id for f in found}
+        candidate = [*found, *(f for f in current if f.id not in ids)]
+        report = _replay(rt, candidate, limit)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(report.render())
 
 
 @flows.command("rollback")
