@@ -7,6 +7,11 @@ import pytest
 
 from support import LiveServer, Postgres
 
+# One session-scoped Chromium (tests/browser_support.py) for every browser test module of a worker:
+# imported into several modules, the fixture would be one per module, and a second Playwright cannot
+# start while the first one runs.
+pytest_plugins = ["browser_support"]
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:

@@ -22,12 +22,11 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from approval_support import Mailbox, approval_server
-from browser_support import TIMEOUT_MS, Device, chromium, csp_violations, skip_without_chromium
+from browser_support import TIMEOUT_MS, Device, csp_violations, skip_without_chromium
 from support import LiveServer
 from tessera.approvals.totp import code_at
 
 pytestmark = skip_without_chromium
-__all__ = ["chromium"]  # the session-scoped browser fixture, imported for pytest to find here
 
 expect.set_options(timeout=TIMEOUT_MS)
 

@@ -36,7 +36,7 @@ from playwright.sync_api import Browser, expect
 from standardwebhooks.webhooks import Webhook
 
 from approval_support import PageClient, approval_server
-from browser_support import TIMEOUT_MS, Device, chromium, csp_violations, skip_without_chromium
+from browser_support import TIMEOUT_MS, Device, csp_violations, skip_without_chromium
 from channel_support import WebhookReceiver
 from support import LiveServer
 from tessera.approvals.totp import code_at
@@ -44,7 +44,6 @@ from tessera.channels import generate_key
 from tessera.verify import Verifier
 
 pytestmark = skip_without_chromium
-__all__ = ["chromium"]  # the session-scoped browser fixture, imported for pytest to find here
 
 expect.set_options(timeout=TIMEOUT_MS)
 

@@ -363,6 +363,6 @@ def test_channels_exports_exactly_its_public_names() -> None:
 
     exported = set(tessera.channels.__all__)
     public = {name for name in dir(tessera.channels) if not name.startswith("_")}
-    assert exported == public - {"file", "message", "outbox", "smtp", "webhook"}
+    assert exported == public - {"ciba_ping", "file", "message", "outbox", "smtp", "webhook"}
     for name in exported:
         assert getattr(tessera.channels, name).__module__.startswith("tessera.channels")

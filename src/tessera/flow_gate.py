@@ -159,31 +159,33 @@ class FlowGate:
             return {"status": "pending", "approvals": pending}
         return None
 
-    async def _onboarding(self, ctx: IssuanceContext) -> None:
+    async def _onboarding(self, ctx: IssuanceContext) -> IssuanceContext:
         """A client registered pending an onboarding approval gets nothing until every approval is granted."""
         marker = ctx.client_metadata.get("onboarding")
         if not isinstance(marker, dict):
-            return
+            return ctx
         ids = [str(x) for x in marker.get("approvals", [])]
         statuses = await asyncio.to_thread(self._statuses, ids, int(self._now()))
         if all(st == "approved" for st in statuses):
             await asyncio.to_thread(self._clear, ctx.client_id, "onboarding", "client.onboarded")
-            return
+            return replace(ctx, client_metadata={k: v for k, v in ctx.client_metadata.items() if k != "onboarding"})
         if any(st in ("denied", "expired", "cancelled", "missing") for st in statuses):
             raise UnauthorizedClient("the client's onboarding was not approved", client_id=ctx.client_id)
         raise AuthorizationPending(f"the client's onboarding awaits approval ({', '.join(ids)})")
 
-    async def _quarantine(self, ctx: IssuanceContext) -> None:
+    async def _quarantine(self, ctx: IssuanceContext) -> IssuanceContext:
         """An incident quarantine blocks new issuance until an approval revalidates the client."""
         marker = ctx.client_metadata.get("quarantined")
         if not marker:
-            return
+            return ctx
         lift = marker.get("lift") if isinstance(marker, dict) else None
         if lift:
             (status,) = await asyncio.to_thread(self._statuses, [str(lift)], int(self._now()))
             if status == "approved":
                 await asyncio.to_thread(self._clear, ctx.client_id, "quarantined", "client.quarantine_lifted")
-                return
+                return replace(
+                    ctx, client_metadata={k: v for k, v in ctx.client_metadata.items() if k != "quarantined"}
+                )
         raise UnauthorizedClient("the client is quarantined; its ownership and scope must be revalidated")
 
     def _statuses(self, ids: list[str], now: int) -> list[str]:
@@ -212,8 +214,8 @@ class FlowGate:
 
     # -- token.issue ---------------------------------------------------------------------------------
     async def check(self, ctx: IssuanceContext) -> PolicyLimits:
-        await self._onboarding(ctx)
-        await self._quarantine(ctx)
+        ctx = await self._onboarding(ctx)
+        ctx = await self._quarantine(ctx)
         if ctx.grant not in self._grants:
             return PolicyLimits()
         now = int(self._now())
@@ -238,7 +240,15 @@ class FlowGate:
         ).hexdigest()[:32]
         flows = list(self._flows)
         recorded = Recorded()
-        existing = await asyncio.to_thread(self._existing_approvals, fingerprint, now)
+        current = {f.id: f.version for f in flows}
+        existing = {
+            k: v
+            for k, v in (await asyncio.to_thread(self._existing_approvals, fingerprint, now)).items()
+            # An open or granted approval pins its flow version. A refusal stands for the version that
+            # asked for it (the same request is denied, not asked again) but not for a newer one; after
+            # an expiry or a cancellation the request may ask again.
+            if v[1] in ("pending", "approved") or (v[1] == "denied" and current.get(k[0]) == v[0])
+        }
         # Version pinning: a request with an open or granted approval is decided by that version.
         for (flow_id, _step), (version, _status, _rid) in existing.items():
             pinned = next((f for f in flows if f.id == flow_id), None)
@@ -392,9 +402,8 @@ class FlowGate:
             },
         )
         try:
-            await self._store.audit(event)
+            await asyncio.to_thread(self._store.write, lambda c: None, [event])
         except Exception:
             log.exception("the flow decision could not be recorded: denying")
-            raise _DENY.get(ctx.grant, AccessDenied)(
-                "the decision could not be recorded; denied", client_id=ctx.client_id
-            ) from None
+            error = InvalidClientMetadata if trigger == "client.register" else _DENY.get(ctx.grant, AccessDenied)
+            raise error("the decision could not be recorded; denied", client_id=ctx.client_id) from None

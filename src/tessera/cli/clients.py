@@ -73,6 +73,7 @@ def clients_add(
         )
         if rt.store.read(lambda c: repo.get_client(c, client.client_id)):
             fail(f"client {client.client_id} exists")
+        client = _registration_flows(rt, client)
         rt.store.write(
             lambda c: repo.insert_client(c, client),
             [AuditEvent("client.created", actor="cli", subject=client.client_id, data={"metadata": client.metadata})],
@@ -83,6 +84,33 @@ def clients_add(
         echo_json(out)
     finally:
         rt.close()
+
+
+def _registration_flows(rt: Any, client: Any) -> Any:
+    """The client.register flows in force decide here as at RFC 7591 registration (docs/flows.md)."""
+    import asyncio
+    from dataclasses import replace
+
+    import httpx
+
+    from tessera.approval_runtime import approval_service
+    from tessera.flow_gate import FlowGate
+    from tessera.flow_runtime import flow_by_version, published_flows
+
+    async def decide() -> Any:
+        async with httpx.AsyncClient() as hooks:
+            gate = FlowGate(
+                store=rt.store,
+                approvals=approval_service(rt),
+                now=rt.clock.now,
+                hooks=hooks,
+                flow_by_version=lambda v: flow_by_version(rt.store, v),
+            )
+            gate.replace(published_flows(rt.store))
+            return await gate.check_registration(client.client_id, client.metadata)
+
+    marker = asyncio.run(decide())
+    return replace(client, metadata={**client.metadata, "onboarding": marker}) if marker else client
 
 
 @clients.command("list")

@@ -47,6 +47,7 @@ def admin_app(
     issuers_changed: Callable[[], Awaitable[None]] | None = None,
     approvals: ApprovalService | None = None,
     outbox: SqlOutbox | None = None,
+    registration_flows: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None,
 ) -> FastAPI:
     """``invalidate_status_lists`` is told which status lists a revocation changed (None: all of them)."""
     settings, store = runtime.settings, runtime.store
@@ -118,11 +119,19 @@ def admin_app(
         return [_view(c) for c in store.read(lambda conn: repo.list_clients(conn, limit, after))]
 
     @app.post("/clients", status_code=201, summary="Create a client (RFC 7591 metadata; secret shown once)")
-    def create_client(metadata: dict[str, Any] = Body(...), actor: str = Depends(admin)) -> dict[str, Any]:
+    async def create_client(metadata: dict[str, Any] = Body(...), actor: str = Depends(admin)) -> dict[str, Any]:
         cid = metadata.pop("client_id", None)
         client, secret = new_client(
             metadata, client_policy(settings), int(runtime.clock.now()), source="admin", client_id=cid
         )
+        if registration_flows is not None:
+            # The client.register flows cover operator-created clients too (docs/flows.md).
+            marker = await registration_flows(client.client_id, client.metadata)
+            if marker is not None:
+                client = replace(client, metadata={**client.metadata, "onboarding": marker})
+        return await asyncio.to_thread(_insert_new, client, secret, actor)
+
+    def _insert_new(client: Client, secret: str | None, actor: str) -> dict[str, Any]:
         try:
             store.write(
                 lambda c: repo.insert_client(c, client),

@@ -515,6 +515,7 @@ def build_app(runtime: Runtime) -> Any:
                     issuers_changed=reload_issuers,
                     approvals=approvals,
                     outbox=outbox,
+                    registration_flows=flows.check_registration,
                 ),
                 settings.admin_token,
                 settings.max_body_bytes,
