@@ -30,6 +30,7 @@ from tessera.store.sql.store import SqlStore
 __all__ = [
     "SUPPORTED_GRANTS",
     "Runtime",
+    "audit_checkpoint",
     "check_trusted_issuers",
     "client_policy",
     "delete_trusted_issuer",
@@ -275,6 +276,26 @@ def open_runtime(
         store.close()
         raise
     return runtime
+
+
+def audit_checkpoint(runtime: Runtime) -> dict[str, Any]:
+    """Sign the audit chain's head with the active key and append it as an ``audit.checkpoint`` record."""
+    from tessera.audit.checkpoint import CHECKPOINT_TYP, checkpoint_claims
+    from tessera.oauth.jws import sign_compact
+
+    settings, store = runtime.settings, runtime.store
+    now = int(runtime.clock.now())
+    key = KeyRing.from_records(store.read(repo.load_keys), runtime.kek, now).signer(settings.signing_algs[0])
+    with store.transaction() as conn:
+        seq, head = repo.audit_head_row(conn, lock=True)
+        token = sign_compact(
+            {"alg": key.alg, "kid": key.kid, "typ": CHECKPOINT_TYP},
+            checkpoint_claims(settings.issuer, seq, head, now),
+            key.private,
+        )
+        data = {"seq": seq, "hash": head, "jws": token, "kid": key.kid}
+        repo.append_audit(conn, [AuditEvent("audit.checkpoint", actor="system", data=data)], store.now_ms())
+    return data
 
 
 def export_bundle(runtime: Runtime, lifetime: int) -> str:

@@ -236,6 +236,13 @@ class Settings(BaseModel):
     outbox_max_attempts: int = Field(
         8, ge=1, le=50, description="Delivery attempts of one message before it is dead-lettered."
     )
+    audit_checkpoint_interval: int = Field(
+        3600,
+        ge=0,
+        le=7 * 86400,
+        description="Seconds between signed checkpoints of the audit chain's head (0: none; "
+        "`tessera audit checkpoint` makes one on demand).",
+    )
     ciba_max_expiry: int = Field(
         600,
         ge=30,

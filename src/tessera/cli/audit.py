@@ -79,3 +79,61 @@ def audit_export(output: str | None, after: int) -> None:
 
 
 # -- verify (relying-party side: needs only the base install) -----------------------------------------
+
+
+@audit.command("checkpoint")
+def audit_checkpoint_command() -> None:
+    """Sign the chain's head now with the active signing key (an audit.checkpoint record); print it."""
+    from tessera.cli.common import echo_json, runtime
+    from tessera.runtime import audit_checkpoint
+
+    rt = runtime()
+    try:
+        echo_json(audit_checkpoint(rt))
+    finally:
+        rt.close()
+
+
+@audit.command("verify-export")
+@click.argument("export", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--jwks",
+    "jwks_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The issuer's JWKS, obtained independently (e.g. saved from /oauth/jwks).",
+)
+@click.option("--issuer", required=True, help="The issuer the checkpoints must name.")
+@click.option("--require-checkpoint", is_flag=True, help="Fail when the export holds no checkpoint.")
+def audit_verify_export(export: str, jwks_path: str, issuer: str, require_checkpoint: bool) -> None:
+    """Offline: check an exported chain and every signed checkpoint in it against the issuer's keys."""
+    import json
+
+    from tessera.audit import AuditRecord
+    from tessera.audit.checkpoint import verify_export
+
+    records = []
+    with open(export, "rb") as f:
+        for line in f:
+            if line.strip():
+                raw = json.loads(line)
+                records.append(
+                    AuditRecord(
+                        seq=raw["seq"],
+                        ts=raw["ts"],
+                        event=raw["event"],
+                        actor=raw.get("actor"),
+                        subject=raw.get("subject"),
+                        data=raw.get("data", {}),
+                        prev=raw["prev"],
+                        hash=raw["hash"],
+                    )
+                )
+    with open(jwks_path) as f:
+        jwks = json.load(f)
+    report = verify_export(records, jwks, issuer, require_checkpoint=require_checkpoint)
+    if report.ok:
+        click.echo(f"export ok: {report.records} records, {report.checkpoints} signed checkpoint(s)")
+    else:
+        click.echo(f"export BROKEN: {report.reason}", err=True)
+        sys.exit(1)

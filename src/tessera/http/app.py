@@ -442,6 +442,17 @@ def build_app(runtime: Runtime) -> Any:
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    async def checkpoints_background() -> None:
+        """Signed checkpoints of the audit chain's head (tessera.audit.checkpoint)."""
+        from tessera.runtime import audit_checkpoint
+
+        while settings.audit_checkpoint_interval:
+            await asyncio.sleep(settings.audit_checkpoint_interval)
+            try:
+                await asyncio.to_thread(audit_checkpoint, runtime)
+            except Exception:
+                log.exception("the audit checkpoint failed; retrying at the next interval")
+
     async def approvals_background() -> None:
         """Unanswered approval requests expire (a timeout is a denial) within a couple of seconds."""
         while True:
@@ -471,6 +482,7 @@ def build_app(runtime: Runtime) -> Any:
         tasks = [
             asyncio.create_task(background()),
             asyncio.create_task(approvals_background()),
+            asyncio.create_task(checkpoints_background()),
             asyncio.create_task(outbox_worker.run(stop_outbox)),
         ]
         log.info("Tessera serving issuer %s", issuer)
