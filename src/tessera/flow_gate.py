@@ -233,13 +233,35 @@ class FlowGate:
             "person": {"id": ctx.person} if ctx.person else {},
             "source": {"hour": (now // 3600) % 24},
         }
+        decision, pending_ids = await self._run("token.issue", ctx, context, ctx.grant)
+        if decision.outcome == "deny":
+            error = _DENY.get(ctx.grant, AccessDenied)
+            raise error(f"denied by flow: {decision.reason}", client_id=ctx.client_id)
+        if decision.outcome == "pending":
+            what = ", ".join(pending_ids) or "a hook"
+            raise AuthorizationPending(f"an approval is required ({what}); retry this request later")
+        lim = decision.limits
+        return PolicyLimits(lim.lifetime, lim.scopes, lim.audiences)
+
+    async def _run(
+        self, trigger: str, ctx: IssuanceContext, context: dict[str, Any], grant: str | None
+    ) -> tuple[Decision, list[str]]:
+        """Evaluate, resolve hooks, open or reuse approvals, record the decision; on allow, consume the
+        approvals used and send the notices. The caller turns deny and pending into its own errors."""
+        now = int(self._now())
         fingerprint = hashlib.sha256(
             "\x00".join(
-                [ctx.client_id, ctx.grant, ctx.subject, " ".join(sorted(ctx.scope)), " ".join(sorted(ctx.audience))]
+                [
+                    trigger,
+                    ctx.client_id,
+                    ctx.grant,
+                    ctx.subject,
+                    " ".join(sorted(ctx.scope)),
+                    " ".join(sorted(ctx.audience)),
+                ]
             ).encode()
         ).hexdigest()[:32]
         flows = list(self._flows)
-        recorded = Recorded()
         current = {f.id: f.version for f in flows}
         existing = {
             k: v
@@ -249,7 +271,6 @@ class FlowGate:
             # an expiry or a cancellation the request may ask again.
             if v[1] in ("pending", "approved") or (v[1] == "denied" and current.get(k[0]) == v[0])
         }
-        # Version pinning: a request with an open or granted approval is decided by that version.
         for (flow_id, _step), (version, _status, _rid) in existing.items():
             pinned = next((f for f in flows if f.id == flow_id), None)
             if pinned is None or pinned.version != version:
@@ -257,7 +278,7 @@ class FlowGate:
                 if old is not None:
                     flows = [f for f in flows if f.id != flow_id] + [old]
         recorded = Recorded(approvals={f"{fid}/{sid}": st for (fid, sid), (_v, st, _r) in existing.items()})
-        decision = evaluate(flows, "token.issue", context, recorded, now, ctx.grant)
+        decision = evaluate(flows, trigger, context, recorded, now, grant)
         for _ in range(3):
             if not decision.calls:
                 break
@@ -265,7 +286,7 @@ class FlowGate:
             for call in decision.calls:
                 answers[call.key] = await self._call(call, context)
             recorded = Recorded(approvals=recorded.approvals, hooks=answers)
-            decision = evaluate(flows, "token.issue", context, recorded, now, ctx.grant)
+            decision = evaluate(flows, trigger, context, recorded, now, grant)
         pending_ids: list[str] = []
         if decision.outcome == "pending":
             for need in decision.approvals:
@@ -275,20 +296,38 @@ class FlowGate:
                 pending_ids.append(await self._open_approval(need, ctx, fingerprint))
         if decision.flows or decision.outcome != "allow":
             # No flow applied (every guard false): nothing was decided by a flow, nothing to record.
-            await self._log(decision, ctx, context, pending_ids)
+            await self._log(decision, ctx, context, pending_ids, trigger=trigger)
+        if decision.outcome == "allow":
+            used = [rid for (_f, _s), (_v, st, rid) in existing.items() if st == "approved"]
+            if used:
+                await asyncio.to_thread(self._consume, used)
+            if decision.notices:
+                await asyncio.to_thread(self._notify, decision, ctx)
+        return decision, pending_ids
+
+    # -- credential.rotate and token.revoke --------------------------------------------------------------
+    async def check_operation(
+        self, trigger: str, client_id: str, metadata: Mapping[str, Any], actor: str, request: Mapping[str, Any]
+    ) -> None:
+        """``credential.rotate``: a denial or a pending approval stops the rotation (``AccessDenied`` /
+        ``AuthorizationPending``). ``token.revoke``: the decision is recorded and its notices sent, but a
+        revocation is never held back by a flow."""
+        if not any(f.on == trigger for f in self._flows):
+            return
+        now = int(self._now())
+        ctx = IssuanceContext(trigger, client_id, metadata, [], [], 0, actor)
+        context = {
+            "client": _client_context(client_id, metadata),
+            "request": dict(request),
+            "source": {"hour": (now // 3600) % 24},
+        }
+        decision, pending = await self._run(trigger, ctx, context, None)
+        if trigger == "token.revoke":
+            return
         if decision.outcome == "deny":
-            error = _DENY.get(ctx.grant, AccessDenied)
-            raise error(f"denied by flow: {decision.reason}", client_id=ctx.client_id)
+            raise AccessDenied(f"denied by flow: {decision.reason}", client_id=client_id)
         if decision.outcome == "pending":
-            what = ", ".join(pending_ids) or "a hook"
-            raise AuthorizationPending(f"an approval is required ({what}); retry this request later")
-        used = [rid for (_f, _s), (_v, st, rid) in existing.items() if st == "approved"]
-        if used:
-            await asyncio.to_thread(self._consume, used)
-        if decision.notices:
-            await asyncio.to_thread(self._notify, decision, ctx)
-        lim = decision.limits
-        return PolicyLimits(lim.lifetime, lim.scopes, lim.audiences)
+            raise AuthorizationPending(f"an approval is required ({', '.join(pending) or 'a hook'}); retry later")
 
     async def _call(self, call: HookCall, context: dict[str, Any]) -> dict[str, Any]:
         """POST the context to the hook; anything but a timely ``{"allow": true}`` denies (fail closed)."""
@@ -339,7 +378,9 @@ class FlowGate:
     async def _open_approval(self, need: Any, ctx: IssuanceContext, fingerprint: str) -> str:
         body = {
             "requester": ctx.client_id,
-            "action": f"issue a token ({ctx.grant})",
+            "action": {"credential.rotate": "rotate the client's credential"}.get(
+                ctx.grant, f"issue a token ({ctx.grant})"
+            ),
             "resource": ", ".join(ctx.audience) or "-",
             "scope": list(ctx.scope),
             "on_behalf_of": ctx.subject if ctx.subject != ctx.client_id else None,

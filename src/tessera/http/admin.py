@@ -48,6 +48,7 @@ def admin_app(
     approvals: ApprovalService | None = None,
     outbox: SqlOutbox | None = None,
     registration_flows: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None,
+    operation_flows: Callable[..., Awaitable[None]] | None = None,
 ) -> FastAPI:
     """``invalidate_status_lists`` is told which status lists a revocation changed (None: all of them)."""
     settings, store = runtime.settings, runtime.store
@@ -190,13 +191,22 @@ def admin_app(
         invalidate_status_lists(None)
         if approvals is not None:
             await asyncio.to_thread(approvals.cancel_for_requester, client_id, actor, "client deleted")
+        if operation_flows is not None:
+            await operation_flows("token.revoke", client_id, {}, actor, {"via": "admin", "selector": "client"})
         return Response(status_code=204)
 
     @app.post("/clients/{client_id}/secret", summary="Rotate a client's secret (shown once)")
-    def rotate_secret(client_id: str, actor: str = Depends(admin)) -> dict[str, Any]:
-        client = _changeable(client_id)
+    async def rotate_secret(client_id: str, actor: str = Depends(admin)) -> dict[str, Any]:
+        client = await asyncio.to_thread(_changeable, client_id)
         if client.auth_method not in ("client_secret_basic", "client_secret_post"):
             raise HTTPException(400, "this client does not authenticate with a secret")
+        if operation_flows is not None:
+            # credential.rotate flows may deny the rotation or ask for an approval first (docs/flows.md).
+            await operation_flows("credential.rotate", client_id, client.metadata, actor, {"kind": "client_secret"})
+        return await asyncio.to_thread(_rotate, client, actor)
+
+    def _rotate(client: Client, actor: str) -> dict[str, Any]:
+        client_id = client.client_id
         secret = generate_secret()
         updated = replace(client, secret_hash=hash_secret(secret), updated_at=int(runtime.clock.now()))
         store.write(
@@ -321,6 +331,15 @@ def admin_app(
         revoked = await asyncio.to_thread(store.revoke_now, selector, actor=actor, via="admin")
         invalidate_status_lists(t.status_list for t in revoked)
         cancelled: list[str] = []
+        if operation_flows is not None and selector.client_id is not None:
+            found = await asyncio.to_thread(lambda: store.read(lambda c: repo.get_client(c, selector.client_id or "")))
+            await operation_flows(
+                "token.revoke",
+                selector.client_id,
+                found.metadata if found is not None else {},
+                actor,
+                {"via": "admin", "selector": "client"},
+            )
         if approvals is not None and selector.client_id is not None:
             # Revoking a client's tokens also cancels what it is still waiting for (approvals, CIBA).
             cancelled = await asyncio.to_thread(

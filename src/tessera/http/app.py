@@ -528,6 +528,7 @@ def build_app(runtime: Runtime) -> Any:
                     approvals=approvals,
                     outbox=outbox,
                     registration_flows=flows.check_registration,
+                    operation_flows=flows.check_operation,
                 ),
                 settings.admin_token,
                 settings.max_body_bytes,
