@@ -213,20 +213,7 @@ def mint_id_token(
 def read_id_token(value: str, ring: KeyRing, issuer: str, client_id: str) -> dict[str, Any]:
     """The claims of an ID token this server issued to ``client_id`` (a CIBA ``id_token_hint``).
     Expiry is not checked: OIDC Core §3.1.2.1 accepts an expired ID token as a hint."""
-    if not isinstance(value, str) or len(value) > MAX_TOKEN_BYTES or value.count(".") != 2:
-        raise NotOurToken("not a compact JWS")
-    header = _segment(value.split(".", 1)[0])
-    if header.get("typ") not in (None, "JWT") or "crit" in header:
-        raise NotOurToken("not an ID token")
-    found = ring.verifier(header.get("kid"))
-    if found is None or header.get("alg") != found[0]:
-        raise NotOurToken("not signed with a key this server publishes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            claims = dict(jwt.decode(value, found[1], algorithms=[found[0]]).claims)
-    except (JoseError, ValueError, TypeError):
-        raise NotOurToken("the signature does not verify") from None
+    claims = _own_jws(value, ring, (None, "JWT"), "not an ID token")
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
     if claims.get("iss") != issuer or client_id not in auds or "auth_time" not in claims:
@@ -248,14 +235,13 @@ def _segment(part: str) -> dict[str, Any]:
     return value
 
 
-def read_access_token(value: str, ring: KeyRing, issuer: str) -> dict[str, Any]:
-    """The claims of an access token signed by this server (RFC 9068 header, our issuer, a published
-    key, a valid signature). Expiry is not checked here: callers decide what an expired token means."""
+def _own_jws(value: str, ring: KeyRing, typs: tuple[str | None, ...], not_this: str) -> dict[str, Any]:
+    """The claims of a compact JWS signed with a key this server publishes, its ``typ`` one of ``typs``."""
     if not isinstance(value, str) or len(value) > MAX_TOKEN_BYTES or value.count(".") != 2:
         raise NotOurToken("not a compact JWS")
     header = _segment(value.split(".", 1)[0])
-    if header.get("typ") != "at+jwt" or "crit" in header:
-        raise NotOurToken("not an RFC 9068 access token")
+    if header.get("typ") not in typs or "crit" in header:
+        raise NotOurToken(not_this)
     found = ring.verifier(header.get("kid"))
     # The algorithm is the published key's, never the header's choice.
     if found is None or header.get("alg") != found[0]:
@@ -263,9 +249,15 @@ def read_access_token(value: str, ring: KeyRing, issuer: str) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            claims = dict(jwt.decode(value, found[1], algorithms=[found[0]]).claims)
+            return dict(jwt.decode(value, found[1], algorithms=[found[0]]).claims)
     except (JoseError, ValueError, TypeError):
         raise NotOurToken("the signature does not verify") from None
+
+
+def read_access_token(value: str, ring: KeyRing, issuer: str) -> dict[str, Any]:
+    """The claims of an access token signed by this server (RFC 9068 header, our issuer, a published
+    key, a valid signature). Expiry is not checked here: callers decide what an expired token means."""
+    claims = _own_jws(value, ring, ("at+jwt",), "not an RFC 9068 access token")
     if claims.get("iss") != issuer or not isinstance(claims.get("jti"), str):
         raise NotOurToken("not issued by this server")
     return claims
