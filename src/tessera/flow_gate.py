@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -45,14 +46,14 @@ _SECRET_KEY = re.compile(r"secret|token|password|assertion|private|credential", 
 _DENY = {"client_credentials": UnauthorizedClient, "token_exchange": InvalidGrant, "jwt_bearer": InvalidGrant}
 
 
-def _client_context(client_id: str, md: Mapping[str, Any]) -> dict[str, Any]:
+def _client_context(client_id: str, md: Mapping[str, Any], with_metadata: bool = True) -> dict[str, Any]:
     return {
         "id": client_id,
         "name": md.get("client_name", ""),
         "contacts": list(md.get("contacts", [])),
         "grant_types": list(md.get("grant_types", [])),
         "scope": str(md.get("scope", "")).split(),
-        "metadata": redact(dict(md)),
+        "metadata": redact(dict(md)) if with_metadata else {},
         "quarantined": bool(md.get("quarantined", False)),
     }
 
@@ -87,13 +88,34 @@ class FlowGate:
         self._by_version = flow_by_version
         self._flows: list[Flow] = []
         self._grants: set[str] = set()
+        self._approving = self._open = self._metadata = True
 
     @property
     def flows(self) -> list[Flow]:
         return self._flows
 
+    def _open_flow_approvals(self) -> bool:
+        try:
+            return bool(
+                self._store.read(
+                    lambda c: c.execute(
+                        sa.select(approval_requests.c.request_id)
+                        .where(approval_requests.c.origin.like("flow:%"), approval_requests.c.status == "pending")
+                        .limit(1)
+                    ).first()
+                )
+            )
+        except Exception:  # no store to ask: assume there may be
+            return True
+
     def replace(self, flows: Sequence[Flow]) -> None:
         self._flows = list(flows)
+        # Work done per request only when a flow can need it: the approvals lookup (a database read)
+        # when some flow has an approve step or an approval a flow opened is still open; the client's
+        # full metadata when some flow reads client.metadata.
+        self._approving = any(step.kind == "approve" for f in flows for step in f.steps)
+        self._open = self._open_flow_approvals()
+        self._metadata = any("client.metadata" in json.dumps(dict(f.document)) for f in flows)
         issue = [f for f in flows if f.on == "token.issue"]
         every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba")
         self._grants = {g for g in every for f in issue if f.applies_to_grant(g)}
@@ -221,7 +243,7 @@ class FlowGate:
         now = int(self._now())
         md = ctx.client_metadata
         context = {
-            "client": _client_context(ctx.client_id, md),
+            "client": _client_context(ctx.client_id, md, self._metadata),
             "request": {
                 "grant": ctx.grant,
                 "scope": list(ctx.scope),
@@ -263,9 +285,12 @@ class FlowGate:
         ).hexdigest()[:32]
         flows = list(self._flows)
         current = {f.id: f.version for f in flows}
+        found = (
+            await asyncio.to_thread(self._existing_approvals, fingerprint, now) if self._approving or self._open else {}
+        )
         existing = {
             k: v
-            for k, v in (await asyncio.to_thread(self._existing_approvals, fingerprint, now)).items()
+            for k, v in found.items()
             # An open or granted approval pins its flow version. A refusal stands for the version that
             # asked for it (the same request is denied, not asked again) but not for a newer one; after
             # an expiry or a cancellation the request may ask again.
@@ -392,6 +417,7 @@ class FlowGate:
             "environment": {"flow": need.flow, "step": need.step, "version": need.version},
         }
         origin = f"flow:{fingerprint}:{need.flow}/{need.step}:{need.version}"
+        self._open = True
         try:
             view = await asyncio.to_thread(self._approvals.create_request, body, ctx.client_id, origin)
         except ApprovalError as e:
