@@ -44,9 +44,11 @@ def _launch_args() -> list[str]:
     return args
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """One headless Chromium for the session; each test module opens its own contexts in it."""
+    """One headless Chromium per test module. Not per session: Playwright's sync API keeps an event loop
+    running in the main thread while it is started, and later tests on the same worker that call
+    ``asyncio.run`` would fail."""
     pw = sync_playwright().start()
     try:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=_launch_args())

@@ -7,9 +7,8 @@ import pytest
 
 from support import LiveServer, Postgres
 
-# One session-scoped Chromium (tests/browser_support.py) for every browser test module of a worker:
-# imported into several modules, the fixture would be one per module, and a second Playwright cannot
-# start while the first one runs.
+# The Chromium fixture (tests/browser_support.py), registered once: imported into several test modules,
+# its definitions would be several, and a second Playwright cannot start while another one runs.
 pytest_plugins = ["browser_support"]
 
 
