@@ -57,10 +57,11 @@ def _flow_audit(env: LiveServer) -> list[dict[str, Any]]:
 
 def test_validate_and_test_the_shipped_flows_by_default(env: LiveServer) -> None:
     rows = _rows(_ok(_flows(env, "validate")))
-    assert {"quarantine", "federated-lifetime-cap"} <= set(rows)
-    assert rows["quarantine"][0] == "token.issue" and rows["quarantine"][1].startswith("sha256:")
+    assert {"federated-lifetime-cap"} <= set(rows)
+    assert rows["federated-lifetime-cap"][0] == "token.issue"
+    assert rows["federated-lifetime-cap"][1].startswith("sha256:")
     out = _ok(_flows(env, "test"))
-    assert "ok    a quarantined client is denied on every grant" in out
+    assert " passed" in out.splitlines()[-1]
     assert "failed" not in out.splitlines()[-1]
     assert not env.data_dir.exists()  # files only: no store opened
 
@@ -112,7 +113,7 @@ def test_schema_is_the_json_schema(env: LiveServer) -> None:
 
 def test_list_shows_the_shipped_defaults_in_force(env: LiveServer) -> None:
     rows = _rows(_ok(_flows(env, "list")))
-    assert rows["quarantine"][0] == "token.issue" and rows["quarantine"][2] == "default"
+    assert rows["federated-lifetime-cap"][0] == "token.issue" and rows["federated-lifetime-cap"][2] == "default"
     assert _ok(_flows(env, "list", "--all")) == ""  # nothing stored yet
     assert json.loads(_ok(_flows(env, "list", "--json")))[0]["source"] == "default"
 
@@ -126,7 +127,7 @@ def test_diff_publish_list_and_rollback(env: LiveServer, examples: pathlib.Path)
     assert f"published payments-production {before['payments-production'][1]} (was not published)" in out
     rows = _rows(_ok(_flows(env, "list")))
     assert rows["payments-production"] == ["token.issue", before["payments-production"][1], "published"]
-    assert rows["quarantine"][2] == "default"  # defaults not overridden stay in force
+    assert rows["federated-lifetime-cap"][2] == "default"  # defaults not overridden stay in force
     assert "nothing to publish" in _ok(_flows(env, "diff", str(examples)))
 
     flow = examples / "payments-production.yaml"
@@ -134,7 +135,7 @@ def test_diff_publish_list_and_rollback(env: LiveServer, examples: pathlib.Path)
     out = _ok(_flows(env, "diff", str(examples)))
     assert "changed  payments-production" in out
     assert re.search(r"^    -\s+timeout: 600$", out, re.M) and re.search(r"^    \+\s+timeout: 900$", out, re.M)
-    assert "unchanged agent-onboarding, branch-workloads, revocation-notice" in out
+    assert "unchanged agent-onboarding, branch-workloads, quarantine, revocation-notice" in out
     _ok(_flows(env, "publish", str(examples), "--yes"))
     second = _rows(_ok(_flows(env, "list")))["payments-production"][1]
     assert second != before["payments-production"][1]
@@ -168,6 +169,7 @@ def test_diff_publish_list_and_rollback(env: LiveServer, examples: pathlib.Path)
         "agent-onboarding",
         "branch-workloads",
         "payments-production",
+        "quarantine",
         "revocation-notice",
     }
     assert all(r["actor"] == "cli" for r in records)
@@ -205,11 +207,11 @@ def test_publish_asks_first(env: LiveServer, examples: pathlib.Path) -> None:
 def test_publishing_a_default_id_overrides_the_default(env: LiveServer, tmp_path: pathlib.Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
-    (mine / "quarantine.yaml").write_text(
-        "id: quarantine\non: token.issue\nsteps:\n  - id: q\n"
-        "    when: 'has(client.quarantined) && client.quarantined'\n    deny: {}\n    reason: quarantined by us\n"
+    (mine / "federated-lifetime-cap.yaml").write_text(
+        "id: federated-lifetime-cap\non: token.issue\ngrants: [token_exchange]\nsteps:\n  - id: cap\n"
+        "    limit: {lifetime: 1800}\n"
     )
     r = _flows(env, "publish", str(mine), "--yes")
-    assert "changed  quarantine" in _ok(r) and "no test file" in r.stderr
+    assert "changed  federated-lifetime-cap" in _ok(r) and "no test file" in r.stderr
     rows = _rows(_ok(_flows(env, "list")))
-    assert rows["quarantine"][2] == "published" and rows["federated-lifetime-cap"][2] == "default"
+    assert rows["federated-lifetime-cap"][2] == "published"

@@ -30,6 +30,7 @@ def test_the_examples_cover_the_issue() -> None:
         "payments-production": "token.issue",
         "branch-workloads": "token.issue",
         "revocation-notice": "token.revoke",
+        "quarantine": "token.issue",
     }
     kinds = {f: [s.kind for s in flows[f].steps] for f in flows}
     assert kinds["agent-onboarding"] == ["require", "approve"]
@@ -56,6 +57,14 @@ def test_the_defaults_allow_ordinary_requests(grant: str) -> None:
         assert evaluate(load_dir(DEFAULT_FLOWS), trigger, {"client": context["client"]}).outcome == "allow"
 
 
-def test_the_defaults_deny_a_quarantined_client() -> None:
-    d = evaluate(load_dir(DEFAULT_FLOWS), "token.issue", {"client": {"id": "x", "quarantined": True}}, grant="ciba")
+def test_the_quarantine_example_denies_a_quarantined_client() -> None:
+    # The server enforces a quarantine itself (flow_gate); the example shows it as a flow.
+    quarantine = [f for f in load_dir(EXAMPLES) if f.id == "quarantine"]
+    d = evaluate(quarantine, "token.issue", {"client": {"id": "x", "quarantined": True}}, grant="ciba")
     assert (d.outcome, d.reason) == ("deny", "client is quarantined")
+
+
+def test_the_defaults_cost_nothing_on_client_credentials() -> None:
+    """No default flow applies to an ordinary client-credentials request: the hot path asks no flow."""
+    flows = load_dir(DEFAULT_FLOWS)
+    assert not [f for f in flows if f.on == "token.issue" and f.applies_to_grant("client_credentials")]

@@ -490,9 +490,16 @@ def test_a_hook_that_allows_allows_and_one_that_refuses_denies_with_its_reason(
 
 @pytest.fixture(scope="module")
 def pg_world(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres) -> Iterator[FlowWorld]:
-    srv = approval_server(
-        tmp_path_factory.mktemp("flows-pg") / "data", TESSERA_DATABASE_URL=postgres.create_database()
-    ).start()
+    srv = approval_server(tmp_path_factory.mktemp("flows-pg") / "data", TESSERA_DATABASE_URL=postgres.create_database())
+    # A flow that decides every token request of one client (no default flow applies to client credentials).
+    audited = tmp_path_factory.mktemp("flows-pg-flows")
+    (audited / "audited.yaml").write_text(
+        "id: audited\non: token.issue\nwhen: 'client.id.startsWith(\"audited-\")'\nsteps:\n"
+        "  - id: cap\n    limit: {lifetime: 900}\n"
+    )
+    published = srv.cli("flows", "publish", str(audited), "--yes")
+    assert published.returncode == 0, published.stdout + published.stderr
+    srv.start()
     try:
         with srv.admin() as admin:
             w = FlowWorld(srv, Mailbox(srv.outbox_file), admin)  # type: ignore[attr-defined]
@@ -521,10 +528,10 @@ CREATE TRIGGER refuse_flow_decision BEFORE INSERT ON audit_log
 
 @pytest.mark.postgres
 def test_a_decision_that_cannot_be_recorded_denies(pg_world: FlowWorld) -> None:
-    # The shipped quarantine flow applies to every grant: each token request is a flow decision.
+    # The "audited" flow applies to every token request of this client: each one is a flow decision.
     creds = pg_world.client("audited-agent")
     assert pg_world.token(creds).status_code == 200
-    assert pg_world.decisions("audited-agent")[-1]["data"]["flows"][0]["id"] == "quarantine"
+    assert pg_world.decisions("audited-agent")[-1]["data"]["flows"][0]["id"] == "audited"
     issued = sql(pg_world, "SELECT count(*) FROM issued_tokens WHERE client_id = 'audited-agent'")[0][0]
 
     sql(pg_world, REFUSE_DECISIONS)
@@ -539,9 +546,9 @@ def test_a_decision_that_cannot_be_recorded_denies(pg_world: FlowWorld) -> None:
 
 @pytest.mark.postgres
 def test_a_tampered_decision_record_breaks_the_chain(pg_world: FlowWorld) -> None:
-    creds = pg_world.client("tampered-agent")
+    creds = pg_world.client("audited-tampered")
     assert pg_world.token(creds).status_code == 200
-    seq = pg_world.decisions("tampered-agent")[-1]["seq"]
+    seq = pg_world.decisions("audited-tampered")[-1]["seq"]
     assert pg_world.srv.cli("audit", "verify").returncode == 0
 
     sql(pg_world, "UPDATE audit_log SET data = replace(data, '\"allow\"', '\"deny\"') WHERE seq = %s", seq)

@@ -469,7 +469,10 @@ class FlowGate:
             },
         )
         try:
-            await asyncio.to_thread(self._store.write, lambda c: None, [event])
+            if self._store.writer.running:  # the server: the next group commit, before any token
+                await self._store.audit(event)
+            else:  # the CLI: a transaction of its own
+                await asyncio.to_thread(self._store.write, lambda c: None, [event])
         except Exception:
             log.exception("the flow decision could not be recorded: denying")
             error = InvalidClientMetadata if trigger == "client.register" else _DENY.get(ctx.grant, AccessDenied)

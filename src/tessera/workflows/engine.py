@@ -260,14 +260,16 @@ def evaluate(
     grant: str | None = None,
 ) -> Decision:
     recorded = recorded or Recorded()
-    variables: dict[str, Any] = {root: dict(context.get(root) or {}) for root in _DEFAULT_ROOTS}
-    variables["now"] = now
+    candidates = sorted((f for f in flows if f.on == trigger and f.applies_to_grant(grant)), key=lambda f: f.id)
+    # Only the context the candidate flows read is converted to CEL values (most of an evaluation's cost).
+    roots = frozenset().union(*(f.roots for f in candidates)) if candidates else frozenset()
+    variables: dict[str, Any] = {root: dict(context.get(root) or {}) for root in _DEFAULT_ROOTS if root in roots}
+    if "now" in roots:
+        variables["now"] = now
     act = activation(**variables)
     run = _Run()
     applied: list[tuple[str, str]] = []
-    for flow in sorted(flows, key=lambda f: f.id):
-        if flow.on != trigger or not flow.applies_to_grant(grant):
-            continue
+    for flow in candidates:
         try:
             if flow.when is not None and not _holds(flow.when, act):
                 continue

@@ -216,7 +216,12 @@ def parse_flow(document: Any, source: str = "<flow>", lines: _Lines | None = Non
     guard = condition(document.get("when"), ("when",))
     if problems:
         raise FlowError(source, problems)
+    sources = [
+        src for c in [guard, *(s.when for s in steps), *(s.condition for s in steps)] if c for src in c.sources()
+    ]
+    roots = frozenset(r for r in CONTEXT_ROOTS if any(re.search(rf"\b{r}\b", src) for src in sources))
     return Flow(
+        roots=roots,
         id=document["id"],
         on=document["on"],
         steps=tuple(steps),

@@ -55,6 +55,9 @@ class Flow:
     document: Mapping[str, Any] = field(default_factory=dict, repr=False)
     version: str = ""
     source: str = ""
+    #: the context roots the flow's conditions read (client, request, …): only these are converted to
+    #: CEL values when it is evaluated
+    roots: frozenset[str] = frozenset({"client", "request", "federation", "person", "source", "now"})
 
     def applies_to_grant(self, grant: str | None) -> bool:
         return not self.grants or grant in self.grants

@@ -73,6 +73,10 @@ class GroupCommitWriter:
         self.batches = 0
         self.units = 0
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def start(self) -> None:
         self._running = True
         if self._engine.dialect.name == "sqlite":
