@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -110,6 +111,11 @@ def _enrolment(row: Any) -> EnrolmentRecord:
     )
 
 
+def _columns(rec: Any) -> dict[str, Any]:
+    """A record whose fields are exactly its table's columns, as insert values."""
+    return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+
+
 class SqlApprovalTx:
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
@@ -165,18 +171,7 @@ class SqlApprovalTx:
         return [_authenticator(r) for r in self.conn.execute(q.order_by(authenticators.c.created_at))]
 
     def add_authenticator(self, rec: AuthenticatorRecord) -> None:
-        self.conn.execute(
-            sa.insert(authenticators).values(
-                authenticator_id=rec.authenticator_id,
-                person_id=rec.person_id,
-                kind=rec.kind,
-                label=rec.label,
-                public=rec.public,
-                sealed_secret=rec.sealed_secret,
-                created_at=rec.created_at,
-                last_used_at=rec.last_used_at,
-            )
-        )
+        self.conn.execute(sa.insert(authenticators).values(**_columns(rec)))
 
     def delete_authenticator(self, person_id: str, authenticator_id: str) -> bool:
         q = sa.delete(authenticators).where(
@@ -193,17 +188,7 @@ class SqlApprovalTx:
 
     # -- enrolments ------------------------------------------------------------------------------------
     def insert_enrolment(self, rec: EnrolmentRecord) -> None:
-        self.conn.execute(
-            sa.insert(enrolments).values(
-                token_hash=rec.token_hash,
-                person_id=rec.person_id,
-                state=rec.state,
-                attempts=rec.attempts,
-                created_at=rec.created_at,
-                expires_at=rec.expires_at,
-                used_at=rec.used_at,
-            )
-        )
+        self.conn.execute(sa.insert(enrolments).values(**_columns(rec)))
 
     def get_enrolment(self, token_hash: str, *, lock: bool = False) -> EnrolmentRecord | None:
         row = self._one(sa.select(enrolments).where(enrolments.c.token_hash == token_hash), lock)
@@ -264,20 +249,7 @@ class SqlApprovalTx:
         return [r[0] for r in self.conn.execute(q)]
 
     def insert_link(self, rec: LinkRecord) -> None:
-        self.conn.execute(
-            sa.insert(approval_links).values(
-                token_hash=rec.token_hash,
-                request_id=rec.request_id,
-                person_id=rec.person_id,
-                challenge=rec.challenge,
-                attempts=rec.attempts,
-                created_at=rec.created_at,
-                expires_at=rec.expires_at,
-                viewed_at=rec.viewed_at,
-                used_at=rec.used_at,
-                superseded_at=rec.superseded_at,
-            )
-        )
+        self.conn.execute(sa.insert(approval_links).values(**_columns(rec)))
 
     def get_link(self, token_hash: str, *, lock: bool = False) -> LinkRecord | None:
         row = self._one(sa.select(approval_links).where(approval_links.c.token_hash == token_hash), lock)
