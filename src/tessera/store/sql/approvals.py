@@ -71,49 +71,14 @@ def _request(row: Any) -> RequestRecord:
     )
 
 
-def _link(row: Any) -> LinkRecord:
-    return LinkRecord(
-        token_hash=row.token_hash,
-        request_id=row.request_id,
-        person_id=row.person_id,
-        challenge=dict(row.challenge) if row.challenge is not None else None,
-        attempts=int(row.attempts),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        viewed_at=row.viewed_at,
-        used_at=row.used_at,
-        superseded_at=row.superseded_at,
-    )
-
-
-def _authenticator(row: Any) -> AuthenticatorRecord:
-    return AuthenticatorRecord(
-        authenticator_id=row.authenticator_id,
-        person_id=row.person_id,
-        kind=row.kind,
-        label=row.label,
-        public=dict(row.public),
-        sealed_secret=row.sealed_secret,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-    )
-
-
-def _enrolment(row: Any) -> EnrolmentRecord:
-    return EnrolmentRecord(
-        token_hash=row.token_hash,
-        person_id=row.person_id,
-        state=dict(row.state),
-        attempts=int(row.attempts),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        used_at=row.used_at,
-    )
-
-
 def _columns(rec: Any) -> dict[str, Any]:
     """A record whose fields are exactly its table's columns, as insert values."""
     return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+
+
+def _record(cls: type[T], row: Any) -> T:
+    """The inverse of ``_columns``: a row of a table whose columns are exactly ``cls``'s fields."""
+    return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 class SqlApprovalTx:
@@ -168,7 +133,7 @@ class SqlApprovalTx:
     # -- authenticators ------------------------------------------------------------------------------
     def authenticators(self, person_id: str) -> list[AuthenticatorRecord]:
         q = sa.select(authenticators).where(authenticators.c.person_id == person_id)
-        return [_authenticator(r) for r in self.conn.execute(q.order_by(authenticators.c.created_at))]
+        return [_record(AuthenticatorRecord, r) for r in self.conn.execute(q.order_by(authenticators.c.created_at))]
 
     def add_authenticator(self, rec: AuthenticatorRecord) -> None:
         self.conn.execute(sa.insert(authenticators).values(**_columns(rec)))
@@ -192,7 +157,7 @@ class SqlApprovalTx:
 
     def get_enrolment(self, token_hash: str, *, lock: bool = False) -> EnrolmentRecord | None:
         row = self._one(sa.select(enrolments).where(enrolments.c.token_hash == token_hash), lock)
-        return _enrolment(row) if row is not None else None
+        return _record(EnrolmentRecord, row) if row is not None else None
 
     def update_enrolment(self, token_hash: str, **values: Any) -> None:
         self.conn.execute(sa.update(enrolments).where(enrolments.c.token_hash == token_hash).values(**values))
@@ -253,7 +218,7 @@ class SqlApprovalTx:
 
     def get_link(self, token_hash: str, *, lock: bool = False) -> LinkRecord | None:
         row = self._one(sa.select(approval_links).where(approval_links.c.token_hash == token_hash), lock)
-        return _link(row) if row is not None else None
+        return _record(LinkRecord, row) if row is not None else None
 
     def update_link(self, token_hash: str, **values: Any) -> None:
         self.conn.execute(sa.update(approval_links).where(approval_links.c.token_hash == token_hash).values(**values))
