@@ -262,6 +262,14 @@ class Settings(BaseModel):
     outbox_poll_interval: float = Field(
         1.0, gt=0, le=60, description="How often each server process looks for due outbox messages, in seconds."
     )
+    console_admin_group: str = Field(
+        "",
+        description="People in this group may sign in to the admin console (`/console`) with an enrolled passkey "
+        "(empty: only the admin token signs in).",
+    )
+    console_session_lifetime: int = Field(
+        1800, ge=60, le=43200, description="Lifetime of an admin console session, in seconds (no renewal)."
+    )
 
     @field_validator("signing_algs")
     @classmethod

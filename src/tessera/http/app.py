@@ -49,6 +49,7 @@ from tessera.store.sql.ciba import SqlCiba
 from tessera.store.sql.outbox import SqlOutbox
 
 from .body import read_body, read_json
+from .console import console_routes
 from .fastpath import TokenFastPath
 from .outbound import GuardedTransport, JwksFetcher
 from .pages import page_routes
@@ -503,6 +504,17 @@ def build_app(runtime: Runtime) -> Any:
     from tessera.http.admin import AdminGate, admin_app
 
     h = lambda fn: _handler(fn, realm)  # noqa: E731
+    admin_api = admin_app(
+        runtime,
+        keys,
+        status_lists.invalidate,
+        federation=federation,
+        issuers_changed=reload_issuers,
+        approvals=approvals,
+        outbox=outbox,
+        registration_flows=flows.check_registration,
+        operation_flows=flows.check_operation,
+    )
     prefix = _path_prefix(issuer)
     routes = [
         Route(prefix + "/.well-known/openid-configuration", well_known, methods=["GET"]),
@@ -516,26 +528,18 @@ def build_app(runtime: Runtime) -> Any:
         Route(prefix + "/oauth/register", h(register), methods=["POST"]),
         Route(prefix + "/oauth/register/{client_id}", h(manage), methods=["GET", "PUT", "DELETE"]),
         Route(prefix + "/healthz", healthz, methods=["GET"]),
-        Mount(
-            prefix + "/admin",
-            app=AdminGate(
-                admin_app(
-                    runtime,
-                    keys,
-                    status_lists.invalidate,
-                    federation=federation,
-                    issuers_changed=reload_issuers,
-                    approvals=approvals,
-                    outbox=outbox,
-                    registration_flows=flows.check_registration,
-                    operation_flows=flows.check_operation,
-                ),
-                settings.admin_token,
-                settings.max_body_bytes,
-            ),
-        ),
+        Mount(prefix + "/admin", app=AdminGate(admin_api, settings.admin_token, settings.max_body_bytes)),
     ]
     routes += page_routes(approvals, prefix=prefix, csrf_key=csrf_key, secure_cookies=issuer.startswith("https://"))
+    routes += console_routes(
+        prefix=prefix,
+        runtime=runtime,
+        admin_api=admin_api,
+        approvals=approvals,
+        federation=federation,
+        csrf_key=csrf_key,
+        secure_cookies=issuer.startswith("https://"),
+    )
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.
         routes.append(Route("/.well-known/oauth-authorization-server" + prefix, well_known, methods=["GET"]))
