@@ -172,13 +172,13 @@ def bar_chart(
     title: str, labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[float]]], *, unit: str = ""
 ) -> Markup:
     """Grouped bars: ``series`` is (name, css class, values per label). SVG 1.1, CSS classes for colour."""
-    width, height, left, bottom, top = 640, 200, 40, 28, 12
+    width, height, left, bottom, top = 640, 170, 40, 28, 12
     n = max(1, len(labels))
     peak = max([1.0, *(v for _, _, vals in series for v in vals)])
     scale = 10 ** math.floor(math.log10(peak))
     peak = math.ceil(peak / scale) * scale
     plot_h = height - bottom - top
-    slot = (width - left - 8) / n
+    slot = (width - left - 16) / n
     bar = max(1.0, slot / (len(series) + 1))
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}" '
@@ -208,11 +208,11 @@ def bar_chart(
 
 
 def line_chart(title: str, labels: Sequence[str], values: Sequence[float], css: str = "s1") -> Markup:
-    width, height, left, bottom, top = 640, 200, 40, 28, 12
+    width, height, left, bottom, top = 640, 170, 40, 28, 12
     n = max(2, len(values))
     peak = max([1.0, *values])
     plot_h = height - bottom - top
-    step = (width - left - 8) / (n - 1)
+    step = (width - left - 24) / (n - 1)
     points = " ".join(f"{left + i * step:.1f},{top + plot_h - plot_h * v / peak:.1f}" for i, v in enumerate(values))
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}" '
@@ -229,7 +229,7 @@ def line_chart(title: str, labels: Sequence[str], values: Sequence[float], css: 
     for i, v in enumerate(values):
         x, y = left + i * step, top + plot_h - plot_h * v / peak
         parts.append(
-            f'<circle class="dot {css}" cx="{x:.1f}" cy="{y:.1f}" r="2.5">'
+            f'<circle class="dot {css}" cx="{x:.1f}" cy="{y:.1f}" r="2.5" data-value="{v:g}">'
             f"<title>{_esc(labels[i])}: {v:g}</title></circle>"
         )
     parts.append("</svg>")
@@ -333,7 +333,7 @@ def console_routes(
             httponly=True,
             samesite="strict",
             secure=secure_cookies,
-            path=base + "/",
+            path=base,
         )
 
     # -- rendering --------------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def console_routes(
         )
         response = RedirectResponse(base, status_code=303, headers=PAGE_HEADERS)
         set_cookie(response, SESSION_COOKIE, cookie, settings.console_session_lifetime)
-        response.delete_cookie(CHALLENGE_COOKIE, path=base + "/")
+        response.delete_cookie(CHALLENGE_COOKIE, path=base, secure=secure_cookies, httponly=True, samesite="strict")
         return response
 
     # -- sign-in ----------------------------------------------------------------------------------------
@@ -584,7 +584,7 @@ def console_routes(
             event = AuditEvent("console.logout", actor=s.actor, subject="console", data={"method": s.method})
             await run_in_threadpool(store.write, lambda c: repo.consume_assertion(c, ended_use), [event])
         response = RedirectResponse(base + "/login", status_code=303, headers=PAGE_HEADERS)
-        response.delete_cookie(SESSION_COOKIE, path=base + "/")
+        response.delete_cookie(SESSION_COOKIE, path=base, secure=secure_cookies, httponly=True, samesite="strict")
         return response
 
     # -- pages --------------------------------------------------------------------------------------------
@@ -653,15 +653,15 @@ def console_routes(
             hist[next(i for i, (edge, _) in enumerate(edges) if v < edge)] += 1
         latency = bar_chart("Approval latency (decided requests)", [n for _, n in edges], [("requests", "s3", hist)])
         pending = []
+        now = int(runtime.clock.now())
         for i in range(buckets):
-            t = start + (i + 1) * size
+            t = min(start + (i + 1) * size, now)  # the current bucket: pending now
             pending.append(
                 float(
                     sum(
                         1
                         for r in requests
-                        if r["created_at"] <= t
-                        and (r["decided_at"] or min(r["expires_at"], int(runtime.clock.now()) + 1)) > t
+                        if r["created_at"] <= t and (r["decided_at"] or min(r["expires_at"], now + 1)) > t
                     )
                 )
             )
@@ -783,7 +783,7 @@ def console_routes(
         requests = await _call(api["approvals"], _=s.actor, status=status, limit=200)
         ciba = await run_in_threadpool(ciba_rows)
         return page(
-            "approvals", s, "approvals", request, requests=requests, ciba=ciba, status=status, now=runtime.clock.now()
+            "approvals", s, "approvals", request, requests=requests, ciba=ciba, shown=status, now=runtime.clock.now()
         )
 
     def flows_view(replay_version: str | None) -> dict[str, Any]:
@@ -904,7 +904,7 @@ def console_routes(
         if status not in (None, "pending", "delivered", "dead"):
             status = None
         box = await _call(api["outbox"], _=s.actor, status=status, ref=None, limit=200)
-        return page("outbox", s, "outbox", request, counts=box["counts"], messages=box["messages"], status=status)
+        return page("outbox", s, "outbox", request, counts=box["counts"], messages=box["messages"], shown=status)
 
     # -- actions: the admin API's code paths, with the console user as the actor --------------------------
     def action(
