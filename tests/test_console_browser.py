@@ -31,6 +31,7 @@ expect.set_options(timeout=TIMEOUT_MS)
 
 PAGES = ["overview", "clients", "issuers", "people", "approvals", "flows", "revocations", "audit", "outbox"]
 SHOTS = ARTIFACTS / "console"
+CIBA = "urn:openid:params:grant-type:ciba"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flows"
 
 
@@ -150,6 +151,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterat
         client = srv.register(client_name="Payments agent", scope="read write")
         srv.register(client_name="Nightly report", scope="read")
         payments = srv.register(client_name="Payments batch", scope="read payments.read")  # no owner on record
+        ciba_client = srv.register(
+            client_name="Phone agent",
+            grant_types=[CIBA],
+            backchannel_token_delivery_mode="poll",
+            scope="read",
+        )
         for _ in range(3):
             assert token(srv, client).status_code == 200
         assert token(srv, client, "not-the-secret").status_code == 401
@@ -199,6 +206,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterat
             json={"requester": "client:ci", "action": "rotate", "resource": "kms:prod", "approvers": ["bob"]},
         )
         assert r.status_code == 201, r.text
+        # A CIBA request for Bob, waiting for his decision.
+        r = httpx.post(
+            srv.issuer + "/oauth/bc-authorize",
+            data={"scope": "openid read", "login_hint": "bob", "binding_message": "pay invoice 42"},
+            auth=(ciba_client["client_id"], ciba_client["client_secret"]),
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
         yield World(srv, admin, box, hook, operator, ada, bob, client, dead_id)
     finally:
         for d in devices:
@@ -251,8 +266,8 @@ def test_operator_signs_in_with_the_admin_token_and_walks_every_page(world: Worl
     expect(op.page.locator("#chart-issuance")).to_contain_text("4 issued, 2 refused")
     expect(op.page.locator("#chart-latency")).to_contain_text("1 request(s) decided")
     expect(op.page.locator("#chart-pending polyline")).to_have_count(1)
-    expect(op.page.locator("#stat-pending")).to_have_text("1")
-    expect(op.page.locator("#chart-pending circle").last).to_have_attribute("data-value", "1")
+    expect(op.page.locator("#stat-pending")).to_have_text("2")
+    expect(op.page.locator("#chart-pending circle").last).to_have_attribute("data-value", "2")
     shot(op, "overview-1h")
     op.open(world.srv.issuer + "/console/clients")
     expect(op.page.locator(f"#client-{world.client['client_id']}")).to_contain_text("client_secret_basic")
@@ -264,8 +279,12 @@ def test_operator_signs_in_with_the_admin_token_and_walks_every_page(world: Worl
     expect(op.page.locator("#person-ada")).to_contain_text("Ada's laptop (passkey")
     expect(op.page.locator("#person-wendy")).to_contain_text("none enrolled")
     op.open(world.srv.issuer + "/console/approvals")
-    expect(op.page.locator("#approvals tbody tr")).to_have_count(2)
+    expect(op.page.locator("#approvals tbody tr")).to_have_count(3)
     expect(op.page.locator("#approvals")).to_contain_text("approved")
+    expect(op.page.locator("#approvals")).to_contain_text("pay invoice 42")
+    expect(op.page.locator("#ciba tbody tr")).to_have_count(1)
+    expect(op.page.locator("#ciba")).to_contain_text("bob")
+    shot(op, "approvals-and-ciba")
     op.open(world.srv.issuer + "/console/revocations")
     expect(op.page.locator("#revoked-tokens tbody tr")).to_have_count(1)
     expect(op.page.locator("#revocation-events")).to_contain_text("token.revoked")
