@@ -155,6 +155,7 @@ def test_csrf_required_on_every_form(world: World) -> None:
         url = world.console + f"/clients/{world.client_id}/quarantine"
         assert c.post(url, data={"reason": "no csrf"}).status_code == 403
         assert c.post(url, data={"reason": "wrong", "csrf": csrf[:-1] + "0"}).status_code == 403
+        assert c.post(url, data={"reason": "wrong", "csrf": "\u00e9\U0001f600" * 8}).status_code == 403
         # A foreign Origin (or Sec-Fetch-Site: cross-site) is refused even with the right token.
         r = c.post(url, data={"reason": "x", "csrf": csrf}, headers={"Origin": "https://evil.example"})
         assert r.status_code == 403
@@ -233,6 +234,59 @@ def test_a_non_admin_persons_passkey_is_refused(world: World) -> None:
         assert c.get(world.console).status_code == 303
     refused = [e for e in audit(world, "console.login_failed") if e["data"]["reason"] == "not_an_admin"]
     assert len(refused) == 1 and refused[0]["data"]["method"] == "passkey"
+
+
+def test_secure_cookies_under_an_https_issuer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Behind a TLS-terminating proxy the issuer is https://: every console cookie is then Secure."""
+    srv = LiveServer(tmp_path_factory.mktemp("console-https") / "data")
+    issuer = f"https://localhost:{srv.port}"
+    srv.env["TESSERA_ISSUER"] = issuer
+    srv.issuer = f"http://127.0.0.1:{srv.port}"  # where the test reaches it (the proxy's side)
+    srv.start()
+    try:
+        with httpx.Client(timeout=10, follow_redirects=False, headers={"Origin": issuer}) as c:
+            page = c.get(srv.issuer + "/console/login")
+            assert "secure" in [f.strip().lower() for f in page.headers["set-cookie"].split(";")]
+            # (httpx keeps a Secure cookie to itself over http://; a browser behind the proxy sends it)
+            login = page.headers["set-cookie"].split(";")[0]
+            r = c.post(
+                srv.issuer + "/console/login",
+                data={"csrf": csrf_of(page.text), "token": srv.admin_token},
+                headers={"Cookie": login},
+            )
+            assert r.status_code == 303
+            [cookie] = [h for h in r.headers.get_list("set-cookie") if h.startswith("tessera_console=")]
+            assert "secure" in [f.strip().lower() for f in cookie.split(";")]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.postgres
+def test_every_page_on_postgresql(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> None:
+    """The console's own queries (chart buckets, CIBA rows, revocations, audit pages) on PostgreSQL."""
+    srv = approval_server(
+        tmp_path_factory.mktemp("console-pg") / "data", TESSERA_DATABASE_URL=postgres.create_database()
+    )
+    srv.start()
+    try:
+        client = srv.register(client_name="pg")
+        for secret in (client["client_secret"], "wrong"):
+            httpx.post(
+                srv.token_endpoint, data={"grant_type": "client_credentials"}, auth=(client["client_id"], secret)
+            )
+        world = World(srv, srv.admin(), SoftAuthenticator(), SoftAuthenticator(), client["client_id"])
+        with browser(world) as c:
+            sign_in(world, c)
+            for window in ("1h", "24h", "7d"):
+                r = c.get(world.console, params={"window": window})
+                assert r.status_code == 200 and "1 issued, 1 refused" in r.text, r.text
+            for path in PAGES:
+                assert c.get(world.console + path).status_code == 200, path
+            audit_page = c.get(world.console + "/audit", params={"event": "token.issued"}).text
+            assert 'data-ok="true"' in audit_page and "token.issued" in audit_page
+        world.admin.close()
+    finally:
+        srv.stop()
 
 
 def test_wrong_token_refused_audited_never_echoed_then_limited(world: World) -> None:

@@ -49,10 +49,13 @@ from tessera.approvals import webauthn as wa
 from tessera.approvals.errors import ApprovalError
 from tessera.approvals.records import ApprovalTx
 from tessera.audit import AuditEvent
+from tessera.flow_runtime import flow_by_version, list_versions, published_flows
 from tessera.oauth.client_auth import AssertionUse
 from tessera.oauth.errors import OAuthError
 from tessera.store.sql import repo
 from tessera.store.sql.tables import assertion_jtis, audit_log, ciba_requests, issued_tokens
+from tessera.workflows.replay import replay
+from tessera.workflows.versions import diff
 
 from .body import read_body
 from .pages import PAGE_HEADERS
@@ -147,6 +150,11 @@ def _ago(seconds: float | None) -> str:
     if s < 2 * 86400:
         return f"{s // 3600} h ago"
     return f"{s // 86400} d ago"
+
+
+def _same(sent: str, expected: str) -> bool:
+    """Constant-time comparison of a value from the request (any characters) with an expected one."""
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def _endpoint(api: FastAPI, method: str, path: str) -> Callable[..., Any]:
@@ -308,7 +316,7 @@ def console_routes(
     def read_session(request: Request) -> Session | None:
         raw = request.cookies.get(SESSION_COOKIE, "")
         body, _, sig = raw.partition(".")
-        if not body or len(raw) > 1024 or not hmac.compare_digest(sig, mac("session", body)):
+        if not body or len(raw) > 1024 or not _same(sig, mac("session", body)):
             return None
         try:
             d = json.loads(_unb64(body))
@@ -397,7 +405,7 @@ def console_routes(
         return out
 
     def check_csrf(expected: str, sent: str | None) -> None:
-        if not sent or not hmac.compare_digest(sent, expected):
+        if not sent or not _same(sent, expected):
             raise Refused(403, "This form expired or was not sent from this console; reload the page.")
 
     def address(request: Request) -> str:
@@ -461,9 +469,7 @@ def console_routes(
             await run_in_threadpool(failed_login, where, "token", "limited")
             return login_page(request, 429, "Too many failed sign-ins; wait a minute and try again.")
         token = fields.get("token", "")
-        good = bool(settings.admin_token) and hmac.compare_digest(
-            token.encode(), (settings.admin_token or "\0").encode()
-        )
+        good = bool(settings.admin_token) and _same(token, settings.admin_token or "\0")
         if not good:
             await run_in_threadpool(failed_login, where, "token", "wrong_token")
             # The token sent is never shown back (nor logged): only that it was refused.
@@ -556,7 +562,7 @@ def console_routes(
         chal, _, exp = value.partition(".")
         if (
             not value
-            or not hmac.compare_digest(sig, mac("challenge|" + cookie, value))
+            or not _same(sig, mac("challenge|" + cookie, value))
             or not exp.isdigit()
             or int(exp) <= runtime.clock.now()
         ):
@@ -622,7 +628,9 @@ def console_routes(
         return name, start, size, buckets
 
     def event_counts(events: Sequence[str], start: int, size: int, buckets: int) -> dict[str, list[float]]:
-        bucket = sa.cast((audit_log.c.ts - start * 1000) / (size * 1000), sa.Integer)
+        # Integers written into the SQL (never request text): with bound parameters PostgreSQL would not
+        # see the GROUP BY expression as the selected one.
+        bucket = sa.literal_column(f"CAST((ts - {int(start) * 1000}) / {int(size) * 1000} AS INTEGER)")
         q = (
             sa.select(audit_log.c.event, bucket, sa.func.count())
             .where(audit_log.c.event.in_(events), audit_log.c.ts >= start * 1000)
@@ -787,10 +795,6 @@ def console_routes(
         )
 
     def flows_view(replay_version: str | None) -> dict[str, Any]:
-        from tessera.flow_runtime import flow_by_version, list_versions, published_flows
-        from tessera.workflows.replay import replay
-        from tessera.workflows.versions import diff
-
         versions = list_versions(store)
         in_force = published_flows(store)
         current = {f.id: f for f in in_force}
