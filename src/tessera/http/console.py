@@ -630,7 +630,9 @@ def console_routes(
     def event_counts(events: Sequence[str], start: int, size: int, buckets: int) -> dict[str, list[float]]:
         # Integers written into the SQL (never request text): with bound parameters PostgreSQL would not
         # see the GROUP BY expression as the selected one.
-        bucket = sa.literal_column(f"CAST((ts - {int(start) * 1000}) / {int(size) * 1000} AS INTEGER)")
+        bucket: sa.ColumnElement[int] = sa.literal_column(
+            f"CAST((ts - {int(start) * 1000}) / {int(size) * 1000} AS INTEGER)"
+        )
         q = (
             sa.select(audit_log.c.event, bucket, sa.func.count())
             .where(audit_log.c.event.in_(events), audit_log.c.ts >= start * 1000)
