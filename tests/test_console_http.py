@@ -219,6 +219,21 @@ def test_admin_passkey_signs_in_once_per_challenge(world: World) -> None:
     assert "counter_regressed" in reasons and "replayed" in reasons, reasons
 
 
+def test_a_passkey_session_ends_when_its_person_leaves_the_admin_group(world: World) -> None:
+    with browser(world) as c:
+        assert passkey_sign_in(world, c, world.ada).status_code == 303
+        assert c.get(world.console + "/people").status_code == 200
+        person = world.admin.get("/people/ada").json()
+        body = {"name": person["name"], "groups": ["ops"], "channels": person["channels"]}
+        assert world.admin.put("/people/ada", json=body).status_code == 200
+        try:
+            assert c.get(world.console + "/people").status_code == 303
+        finally:
+            body["groups"] = ["admins"]
+            assert world.admin.put("/people/ada", json=body).status_code == 200
+        assert c.get(world.console + "/people").status_code == 200
+
+
 def test_passkey_without_user_verification_is_refused(world: World) -> None:
     with browser(world) as c:
         r = passkey_sign_in(world, c, world.ada, uv=False)

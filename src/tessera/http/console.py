@@ -271,7 +271,9 @@ def console_routes(
     settings, store = runtime.settings, runtime.store
     base = prefix + "/console"
     origin = approvals.config.origin
-    session_key = hmac.new(csrf_key, b"tessera-console-session", hashlib.sha256).digest()
+    # Bound to the admin token too: changing TESSERA_ADMIN_TOKEN ends every console session.
+    token_digest = hashlib.sha256((settings.admin_token or "").encode()).hexdigest()
+    session_key = hmac.new(csrf_key, f"tessera-console-session|{token_digest}".encode(), hashlib.sha256).digest()
     env = Environment(
         loader=FileSystemLoader(UI / "templates"), autoescape=select_autoescape(["html"]), auto_reload=False
     )
@@ -325,7 +327,19 @@ def console_routes(
             return None
         if s.expires <= runtime.clock.now() or ended(s.nonce):
             return None
+        if s.method == "passkey" and not still_admin(s.actor.removeprefix("console:")):
+            return None
         return s
+
+    def still_admin(person_id: str) -> bool:
+        """A passkey session lasts only while its person may sign in (in the group, not disabled or locked)."""
+        try:
+            rec, _ = approvals.get_person(person_id)
+        except ApprovalError:
+            return False
+        p = rec.person
+        group = settings.console_admin_group
+        return bool(group) and group in p.groups and not p.disabled and not p.agent and rec.locked_at is None
 
     def login_cookie(request: Request) -> tuple[str, bool]:
         cookie = request.cookies.get(LOGIN_COOKIE, "")
