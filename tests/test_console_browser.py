@@ -10,6 +10,7 @@ under the server's Content Security Policy: a violation reported by Chromium fai
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from playwright.sync_api import Browser, expect
 from approval_support import Mailbox, approval_server
 from browser_support import ARTIFACTS, TIMEOUT_MS, Device, csp_violations, skip_without_chromium
 from channel_support import WebhookReceiver
+from federation_support import FakeIssuer, kubernetes_sa_claims
 from support import LiveServer
 
 pytestmark = skip_without_chromium
@@ -109,6 +111,7 @@ def audit(world: World, event: str) -> list[dict[str, object]]:
 def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterator[World]:
     secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     hook = WebhookReceiver(secrets=[secret]).start()
+    idp = FakeIssuer(algs=("ES256",)).start()
     hook.state.fail_next, hook.state.fail_status = 1, 410  # the first delivery is refused for good: a dead letter
     srv = approval_server(
         tmp_path_factory.mktemp("console") / "data",
@@ -172,6 +175,18 @@ def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterat
             },
         )
         assert r.status_code in (200, 201), r.text
+        # An issuer whose keys are fetched from it: the dry-run check makes this process fetch them.
+        r = admin.put(
+            "/issuers/k8s",
+            json={
+                "issuer": idp.issuer,
+                "audiences": ["tessera"],
+                "bindings": [{"audiences": ["https://ledger.example"], "scopes": ["read"], "max_lifetime": 120}],
+            },
+        )
+        assert r.status_code == 201, r.text
+        r = admin.post("/issuers/k8s/check", json={"token": idp.mint(kubernetes_sa_claims("tessera"))})
+        assert r.status_code == 200 and r.json()["accepted"] is True, r.text
 
         # Two published versions of a flow: the older one can be diffed and replayed.
         flows = tmp_path_factory.mktemp("flows")
@@ -221,6 +236,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterat
         admin.close()
         srv.stop()
         hook.stop()
+        idp.stop()
     r = srv.cli("audit", "verify")
     assert r.returncode == 0, "audit chain broken after the console tests: " + r.stdout + r.stderr
 
@@ -274,7 +290,8 @@ def test_operator_signs_in_with_the_admin_token_and_walks_every_page(world: Worl
     assert world.client["client_secret"] not in op.page.content()
     op.open(world.srv.issuer + "/console/issuers")
     expect(op.page.locator("#issuer-ci")).to_contain_text("https://ci.example")
-    expect(op.page.locator("#issuer-ci")).to_contain_text("pinned JWKS")
+    expect(op.page.locator("#issuer-ci")).to_contain_text("pinned in the configuration")
+    expect(op.page.locator("#issuer-k8s")).to_contain_text(re.compile(r"UTC \(\d+ (s|min) ago\), 1 key\(s\), network"))
     op.open(world.srv.issuer + "/console/people")
     expect(op.page.locator("#person-ada")).to_contain_text("Ada's laptop (passkey")
     expect(op.page.locator("#person-wendy")).to_contain_text("none enrolled")

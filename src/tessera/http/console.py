@@ -280,7 +280,7 @@ def console_routes(
     env.filters["when"] = _when
     env.filters["when_ms"] = _when_ms
     env.filters["ago"] = _ago
-    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+    env.filters["tojson_compact"] = lambda v: json.dumps(v, sort_keys=True, default=str, ensure_ascii=False)
     api = {
         name: _endpoint(admin_api, method, path)
         for name, method, path in (
