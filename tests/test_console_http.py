@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -272,6 +273,42 @@ def test_secure_cookies_under_an_https_issuer(tmp_path_factory: pytest.TempPathF
             assert r.status_code == 303
             [cookie] = [h for h in r.headers.get_list("set-cookie") if h.startswith("tessera_console=")]
             assert "secure" in [f.strip().lower() for f in cookie.split(";")]
+    finally:
+        srv.stop()
+
+
+def test_audit_page_reports_a_broken_chain(tmp_path_factory: pytest.TempPathFactory) -> None:
+    srv = LiveServer(tmp_path_factory.mktemp("console-chain") / "data").start()
+    try:
+        srv.register(client_name="chain")
+        world = World(srv, srv.admin(), SoftAuthenticator(), SoftAuthenticator(), "")
+        with browser(world) as c:
+            sign_in(world, c)
+            first = c.get(world.console + "/audit").text
+            assert 'data-ok="true"' in first and "verified from the first record" in first
+            again = c.get(world.console + "/audit").text
+            assert 'data-ok="true"' in again and re.search(r"\d+ new record\(s\) after record \d+", again)
+            verified = int(re.search(r"after record (\d+)", again).group(1))  # type: ignore[union-attr]
+
+            db_path = srv.data_dir / "tessera.db"
+            with sqlite3.connect(db_path) as db:  # an old record altered in place
+                (actor,) = db.execute("SELECT actor FROM audit_log WHERE seq = 2").fetchone()
+                db.execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
+            full = c.get(world.console + "/audit", params={"full": "1"}).text
+            assert 'data-ok="false"' in full and "record 2 was altered" in full, full
+            with sqlite3.connect(db_path) as db:
+                db.execute("UPDATE audit_log SET actor = ? WHERE seq = 2", (actor,))
+            restored = c.get(world.console + "/audit", params={"full": "1"}).text
+            assert 'data-ok="true"' in restored, restored
+            head = re.search(r"from the first record: (\d+) record", restored)
+            assert head is not None and int(head.group(1)) >= verified
+
+            # The record a later visit starts from is itself altered: the next visit says so.
+            with sqlite3.connect(db_path) as db:
+                db.execute("UPDATE audit_log SET hash = ? WHERE seq = ?", ("0" * 64, int(head.group(1))))
+            page = c.get(world.console + "/audit").text
+            assert 'data-ok="false"' in page and f"record {head.group(1)}, verified before, was altered" in page
+        world.admin.close()
     finally:
         srv.stop()
 

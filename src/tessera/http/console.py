@@ -48,7 +48,7 @@ from starlette.routing import Route
 from tessera.approvals import webauthn as wa
 from tessera.approvals.errors import ApprovalError
 from tessera.approvals.records import ApprovalTx
-from tessera.audit import AuditEvent
+from tessera.audit import AuditEvent, verify_chain
 from tessera.flow_runtime import flow_by_version, list_versions, published_flows
 from tessera.oauth.client_auth import AssertionUse
 from tessera.oauth.errors import OAuthError
@@ -892,6 +892,30 @@ def console_routes(
         view = await run_in_threadpool(revocations_view)
         return page("revocations", s, "revocations", request, **view)
 
+    #: the chain head this process verified last: later visits check only the records after it (and that
+    #: it is still in place); ``?full=1``, and the first visit in each process, verify the whole chain.
+    verified: dict[str, Any] = {"seq": 0, "hash": ""}
+
+    def verify_since_last() -> dict[str, Any]:
+        start = (int(verified["seq"]), str(verified["hash"]))
+
+        def work(conn: sa.Connection) -> dict[str, Any]:
+            head = repo.audit_head_row(conn)
+            anchor = conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == start[0])).scalar()
+            if anchor != start[1]:
+                return {
+                    "ok": False,
+                    "checked": 0,
+                    "head": start[1],
+                    "first_bad_seq": start[0],
+                    "reason": f"record {start[0]}, verified before, was altered or removed",
+                    "seq": start[0],
+                }
+            report = verify_chain(repo.iter_audit(conn, after=start[0], limit=head[0] - start[0]), head, after=start)
+            return {**report.as_json(), "seq": head[0] if report.ok else start[0]}
+
+        return dict(store.read(work))
+
     async def audit_page(request: Request, s: Session) -> Response:
         raw = request.query_params.get("before", "")
         before = int(raw) if raw.isdigit() and len(raw) < 19 else None
@@ -903,7 +927,15 @@ def console_routes(
         if event:
             q = q.where(a.event == event)
         records = await run_in_threadpool(lambda: store.read(lambda c: [repo._record(r) for r in c.execute(q)]))
-        chain = await _call(api["audit_verify"], _=s.actor)
+        full = request.query_params.get("full") == "1" or verified["seq"] == 0
+        since = None if full else int(verified["seq"])
+        if full:
+            report = await _call(api["audit_verify"], _=s.actor)
+            chain = {**report, "seq": report["checked"]}
+        else:
+            chain = await run_in_threadpool(verify_since_last)
+        if chain["ok"]:
+            verified.update(seq=chain["seq"], hash=chain["head"])
         names = await run_in_threadpool(
             lambda: store.read(lambda c: [r[0] for r in c.execute(sa.select(a.event).distinct().order_by(a.event))])
         )
@@ -914,6 +946,8 @@ def console_routes(
             request,
             records=records,
             chain=chain,
+            full=full,
+            since=since,
             event=event,
             events=names,
             older=records[-1].seq if len(records) == 100 else None,
