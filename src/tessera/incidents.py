@@ -117,8 +117,9 @@ def attributes_digest(federation: Mapping[str, Any] | None) -> str | None:
 def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True when this statement inserted the row."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount == 1)
+    key = next(iter(table.primary_key.columns))
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
+    return conn.execute(stmt).first() is not None
 
 
 class ContextWatch:
@@ -444,6 +445,9 @@ class Incidents:
         return done
 
     # -- quarantine of a trusted issuer -------------------------------------------------------------------
+    def issuer_exists(self, name: str) -> bool:
+        return any(i.name == name for i in self._store.read(repo.list_trusted_issuers))
+
     def quarantine_issuer(self, name: str, reason: str, actor: str) -> dict[str, Any]:
         now = int(self._now())
         with self._store.transaction() as conn:
@@ -484,7 +488,7 @@ class Incidents:
             "requester": actor,
             "action": "lift the quarantine of a trusted issuer (its configuration and mappings revalidated)",
             "resource": f"trusted issuer {name}",
-            "environment": {"reason": marker["reason"], "since": marker["since"]},
+            "environment": {"reason": marker["reason"], "since": str(marker["since"])},
         }
         view = self._approvals.create_request(request, actor, f"issuer-lift:{name}")
         with self._store.transaction() as conn:

@@ -384,7 +384,7 @@ def admin_app(
             app,
             incidents,
             admin,
-            lambda name: any(i.name == name for i in store.read(repo.list_trusted_issuers)),
+            incidents.issuer_exists,
             issuers_changed,
         )
 
