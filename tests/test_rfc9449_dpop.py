@@ -395,7 +395,9 @@ def test_introspection_of_a_bound_token_says_dpop_and_its_key(server: LiveServer
     key = ec.generate_private_key(ec.SECP256R1())
     token = _bound_token(server, key)
     rs = server.register(scope="introspect")
-    r = httpx.post(server.issuer + "/oauth/introspect", data={"token": token}, auth=(rs["client_id"], rs["client_secret"]))
+    r = httpx.post(
+        server.issuer + "/oauth/introspect", data={"token": token}, auth=(rs["client_id"], rs["client_secret"])
+    )
     assert r.status_code == 200, r.text
     info = r.json()
     assert info["active"] is True and info["token_type"] == "DPoP"
