@@ -15,6 +15,7 @@ from tessera.cli.approvals import approvals, outbox, people
 from tessera.cli.audit import audit
 from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
+from tessera.cli.demo import demo
 from tessera.cli.flows import flows
 from tessera.cli.issuers import issuers
 from tessera.cli.keys import keys
@@ -132,3 +133,4 @@ for command in (
     alerts,
 ):
     main.add_command(command)
+main.add_command(demo)
