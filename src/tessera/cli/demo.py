@@ -24,7 +24,9 @@ _BREAKS = ("federation", "approval", "audit")
     show_default=True,
     help="Seconds the interactive mode waits for your decision on the approval page.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary of the steps on stdout (the story on stderr).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON summary of the steps on stdout (the story on stderr)."
+)
 @click.option("--keep", is_flag=True, help="Keep the temporary data directory (database, server log, audit export).")
 @click.option(
     "--break",

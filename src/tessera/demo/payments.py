@@ -95,7 +95,9 @@ def play(world: World, report: Report, *, auto_approve: bool, timeout: float, br
     agent = Agent(world.issuer, world.registration_token, PAYMENTS_API)
     try:
         outcome = _agent_asks(world, report, agent, timeout)
-        tokens = _approval(world, report, agent, outcome, auto_approve=auto_approve, deny=breaks == "approval")
+        tokens = _approval(
+            world, report, outcome, auto_approve=auto_approve, deny=breaks == "approval", timeout=timeout
+        )
         verifier, transport = _relying_party(world, agent)
         try:
             _verification(report, verifier, transport, tokens["access_token"], agent.client_id)
@@ -175,14 +177,16 @@ def _agent_asks(world: World, report: Report, agent: Agent, timeout: float) -> C
             acr="urn:tessera:aal1",
         )
         report.say("so it asks Sam through CIBA (/oauth/bc-authorize)", message=BINDING_MESSAGE)
-        report.say("acknowledged; the agent polls the token endpoint", expires_in=ack["expires_in"], interval=ack["interval"])
+        report.say(
+            "acknowledged; the agent polls the token endpoint", expires_in=ack["expires_in"], interval=ack["interval"]
+        )
         outcome = agent.poll(ack["auth_req_id"], int(ack["interval"]), timeout=timeout + 30)
         step.details.update(client_id=client_id, refused=_oauth_error(r), interval=ack["interval"])
         return outcome
 
 
 def _approval(
-    world: World, report: Report, agent: Agent, outcome: CibaOutcome, *, auto_approve: bool, deny: bool
+    world: World, report: Report, outcome: CibaOutcome, *, auto_approve: bool, deny: bool, timeout: float
 ) -> dict[str, Any]:
     with report.step("approval", "Sam approves on the phone") as step:
         message = world.phone.wait_for("approval.requested")
@@ -197,7 +201,7 @@ def _approval(
             if not outcome.done.wait(30):
                 raise StepFailed("the agent did not get an answer within 30 s of the decision")
         else:
-            _wait_for_a_person(world, report, outcome, link)
+            _wait_for_a_person(world, report, outcome, link, timeout)
         if outcome.tokens is None:
             raise StepFailed(f"the agent got no token: {outcome.error}: {outcome.description}".rstrip(": "))
         report.say("the agent's poll got its tokens", polls=" → ".join(_squash(outcome.polls)))
@@ -208,22 +212,36 @@ def _approval(
 def _squash(polls: list[str]) -> list[str]:
     out: list[str] = []
     for p in polls:
-        if out and out[-1].split(" ×")[0] == p:
-            n = int(out[-1].split(" ×")[1]) + 1 if " ×" in out[-1] else 2
-            out[-1] = f"{p} ×{n}"
+        if out and out[-1].split(" x")[0] == p:
+            n = int(out[-1].split(" x")[1]) + 1 if " x" in out[-1] else 2
+            out[-1] = f"{p} x{n}"
         else:
             out.append(p)
     return out
 
 
-def _wait_for_a_person(world: World, report: Report, outcome: CibaOutcome, link: str) -> None:
-    """Interactive: a person opens the link and types the code Sam's app shows; the demo waits for the agent."""
+def _wait_for_a_person(world: World, report: Report, outcome: CibaOutcome, link: str, timeout: float) -> None:
+    """Interactive: a person opens the link and types the code Sam's app shows; the demo waits for the
+    agent's answer, at most ``timeout`` seconds."""
     report.say("open the link, check the payment, and approve with the code of Sam's authenticator app:")
     console = report.console
-    with console.status("") as status:
-        while not outcome.done.wait(0.5):
-            left = 30 - int(time.time()) % 30
-            status.update(f"Sam's authenticator app shows [bold]{world.phone.code()}[/] ({left} s) — waiting for you")
+    deadline = time.monotonic() + timeout
+    if not console.is_terminal:  # no live line: print each new code as the app would show it
+        shown = ""
+        while not outcome.done.wait(0.5) and time.monotonic() < deadline:
+            if world.phone.code() != shown:
+                shown = world.phone.code()
+                report.say("Sam's authenticator app shows", code=shown)
+    else:
+        with console.status("") as status:
+            while not outcome.done.wait(0.5) and time.monotonic() < deadline:
+                left = 30 - int(time.time()) % 30
+                status.update(
+                    f"Sam's authenticator app shows [bold]{world.phone.code()}[/] ({left} s) — waiting for you "
+                    f"({int(deadline - time.monotonic())} s left)"
+                )
+    if not outcome.done.is_set():
+        raise StepFailed(f"no decision on the approval page within {timeout:.0f} s (--timeout)")
 
 
 def _relying_party(world: World, agent: Agent) -> tuple[Verifier, _Recording]:
@@ -261,7 +279,10 @@ def _verification(report: Report, verifier: Verifier, transport: _Recording, tok
             verifier.verify(token)
         if transport.paths != fetched:
             raise StepFailed(f"verifying again called the issuer: {transport.paths[len(fetched) :]}")
-        report.say("it fetched only public keys and the status list; verifying again made no request", fetched=", ".join(fetched))
+        report.say(
+            "it fetched only public keys and the status list; verifying again made no request",
+            fetched=", ".join(fetched),
+        )
         step.details.update(sub=claims["sub"], act=claims["act"], acr=claims["acr"], lifetime=lifetime, fetched=fetched)
 
 
@@ -272,7 +293,9 @@ def _revocation(world: World, report: Report, verifier: Verifier, token: str, cl
         if r.status_code != 200 or r.json().get("revoked", 0) < 1:
             raise StepFailed(f"the revocation did not revoke the agent's token: HTTP {r.status_code} {r.text[:200]}")
         t0 = time.monotonic()
-        report.say("an operator revoked every token of the agent (POST /admin/tokens/revoke)", revoked=r.json()["revoked"])
+        report.say(
+            "an operator revoked every token of the agent (POST /admin/tokens/revoke)", revoked=r.json()["revoked"]
+        )
         cached = 0
         deadline = t0 + 20  # the status list ttl (5 s) plus a margin
         while True:
@@ -288,10 +311,14 @@ def _revocation(world: World, report: Report, verifier: Verifier, token: str, cl
             time.sleep(0.25)
         seen = time.monotonic() - t0
         if cached:
-            report.say("until its cached status list was due, the payments API kept accepting it", checks=cached)
-        report.say("after refreshing the status list it refuses the token: revoked", after=f"{seen:.1f} s")
+            report.say("its cached status list is still fresh (ttl 5 s): the token passes", times=cached)
+        report.say(
+            "once it refreshes the status list, the payments API refuses the token: revoked", after=f"{seen:.1f} s"
+        )
         notice = world.phone.wait_for("flow.notice", after=before, timeout=15)
-        report.say("the owners were told (flow revocation-notice, on Sam's phone)", subject=notice["data"].get("subject", ""))
+        report.say(
+            "the owners were told (flow revocation-notice, on Sam's phone)", subject=notice["data"].get("subject", "")
+        )
         step.details.update(revoked=r.json()["revoked"], seen_after=round(seen, 2), accepted_from_cache=cached)
 
 

@@ -51,7 +51,10 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
     play, breaks = SCENARIOS[options.scenario]
     if options.breaks is not None and options.breaks not in breaks:
         raise ValueError(f"--break must be one of {', '.join(breaks)}")
-    console = console or Console(stderr=options.json, highlight=False)
+    if console is None:
+        console = Console(stderr=options.json, highlight=False)
+        if not console.is_terminal:  # a CI log: no wrapping at 80 columns
+            console = Console(stderr=options.json, highlight=False, width=140)
     report = Report(console)
     mode = "unattended (--auto-approve)" if options.auto_approve else "interactive: you approve in your browser"
     report.title("Tessera demo — the whole story", f"scenario {options.scenario}, {mode}")
@@ -82,7 +85,9 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
     if status == 130:
         summary.update(ok=False, error="interrupted")
     if status == 0:
-        console.print(f"[bold green]The whole story played: {len(report.steps)} steps passed[/] in {summary['seconds']:.1f} s.")
+        console.print(
+            f"[bold green]The whole story played: {len(report.steps)} steps passed[/] in {summary['seconds']:.1f} s."
+        )
     elif status == 1:
         console.print(
             f"[bold red]tessera demo failed at step '{summary['failed_step']}':[/] {summary['error']}", soft_wrap=True

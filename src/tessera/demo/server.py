@@ -72,7 +72,9 @@ class TesseraServer:
 
     def cli(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``tessera ARGV`` against the same settings; raises ``ServerError`` with its output on failure."""
-        r = subprocess.run([*_TESSERA, *argv], env=self.env, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(  # noqa: S603 - our own interpreter and fixed arguments
+            [*_TESSERA, *argv], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if r.returncode != 0:
             said = (r.stderr.strip() or r.stdout.strip()).splitlines()[-3:]
             raise ServerError(f"`tessera {' '.join(argv[:2])}` exited {r.returncode}: " + " / ".join(said))
@@ -90,14 +92,14 @@ class TesseraServer:
 
     def _start_once(self, timeout: float) -> bool:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
                 [*_TESSERA, "serve"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: stopped as a whole, untouched by the terminal's ^C
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout
         url = self.issuer + "/.well-known/openid-configuration"

@@ -28,7 +28,7 @@ from tessera.demo.ci_issuer import CiIssuer
 from tessera.demo.phone import Phone
 from tessera.demo.server import TesseraServer
 
-__all__ = ["APPROVER", "CI_AUDIENCE", "DEPLOY_API", "DEMO_ORG_ID", "PAYMENTS_API", "World", "flows_dir"]
+__all__ = ["APPROVER", "CI_AUDIENCE", "DEMO_ORG_ID", "DEPLOY_API", "PAYMENTS_API", "World", "flows_dir"]
 
 APPROVER = {
     "person_id": "sam",
