@@ -74,6 +74,7 @@ def _oauth_error(r: httpx.Response) -> str:
 def play(world: World, report: Report, *, auto_approve: bool, timeout: float, breaks: str | None) -> None:
     """The whole story; raises ``StepFailed`` at the first step that fails."""
     with report.step("setup", "Tessera starts on the embedded default", numbered=False) as step:
+        step.details["data_dir"] = str(world.data_dir)
         published = world.start()
         report.say("tessera serve is up", issuer=world.issuer, data=str(world.data_dir))
         report.say("SQLite database, key-encryption key and signing keys created on first start")
