@@ -63,6 +63,10 @@ class Report:
             result.error = message
             self.console.print(f"[bold red]✗ {escape(label)} — failed:[/] {escape(message)}")
             raise StepFailed(message) from e
+        except BaseException:  # ^C or SIGTERM: the runner reports it and cleans up
+            result.seconds = round(time.monotonic() - t0, 2)
+            result.error = "interrupted"
+            raise
         result.ok = True
         result.seconds = round(time.monotonic() - t0, 2)
         self.console.print(f"[bold green]✓ {escape(label)}[/] [dim]({result.seconds:.1f} s)[/]")

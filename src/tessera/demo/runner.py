@@ -47,6 +47,19 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated()
 
 
+def _close_uninterrupted(world: World) -> None:
+    """Stop everything; a second ^C or a SIGTERM during the clean-up must not leave a server behind."""
+    if threading.current_thread() is not threading.main_thread():
+        world.close()
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        world.close()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def run(options: DemoOptions, console: Console | None = None) -> int:
     play, breaks = SCENARIOS[options.scenario]
     if options.breaks is not None and options.breaks not in breaks:
@@ -75,9 +88,11 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
     finally:
         data_dir = str(world.data_dir) if world is not None else None
         if world is not None:
-            if status != 0 and world.server.log_path.exists():
-                console.print(f"[dim]server log (last lines): {world.server.log_tail(5)}[/]")
-            world.close()
+            if status != 0 and world.server.exited():
+                console.print(f"[dim]tessera serve exited; its log ends with: {world.server.log_tail(5)}[/]")
+            elif status == 1 and not options.keep:
+                console.print("[dim]--keep keeps the data directory (database, server log) for a closer look[/]")
+            _close_uninterrupted(world)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     report.table()

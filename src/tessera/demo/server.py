@@ -122,8 +122,9 @@ class TesseraServer:
             return "(no server log)"
         return " / ".join(line for line in text.strip().splitlines()[-lines:]) or "(the server printed nothing)"
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def exited(self) -> bool:
+        """The server was started and has exited on its own (a crash, not ``stop()``)."""
+        return self.proc is not None and self.proc.poll() is not None
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL if it has not exited after 10 s."""
