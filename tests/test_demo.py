@@ -27,7 +27,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples" / "flows"
 STORY = ["setup", "federation", "agent", "approval", "verification", "revocation", "audit"]
 
 
-def demo(cwd: pathlib.Path, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def demo(cwd: pathlib.Path, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess[str], Any]:
     r = subprocess.run(
         [TESSERA, "demo", "--json", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )

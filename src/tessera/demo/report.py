@@ -103,7 +103,9 @@ class Report:
         table.add_column("result")
         table.add_column("s", justify="right")
         for s in self.steps:
-            mark = "[green]✓ ok[/]" if s.ok else "[yellow]interrupted[/]" if s.error == "interrupted" else "[red]✗ failed[/]"
+            mark = "[green]✓ ok[/]" if s.ok else "[red]✗ failed[/]"
+            if s.error == "interrupted":
+                mark = "[yellow]interrupted[/]"
             table.add_row(escape(s.title), mark, f"{s.seconds:.1f}")
         self.console.print()
         self.console.print(table)
