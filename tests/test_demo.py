@@ -18,8 +18,10 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 
+from approval_support import form_fields
 from tessera.demo.world import flows_dir
 
 TESSERA = str(pathlib.Path(sys.executable).parent / "tessera")
@@ -130,6 +132,49 @@ def test_interrupted_it_stops_everything_it_started(tmp_path: pathlib.Path) -> N
     assert port_closed(issuer)
     assert not pathlib.Path(data_dir).exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_interactive_a_person_approves_with_the_code_the_demo_shows(tmp_path: pathlib.Path) -> None:
+    """No --auto-approve: the person opens the printed link (here: an HTTP client reading the page's
+    form as a browser would) and types the authenticator code the demo displays."""
+    proc = subprocess.Popen(
+        [TESSERA, "demo", "--json", "--timeout", "120"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    link = code = None
+    seen: list[str] = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            found = re.search(r"(http://127\.0\.0\.1:\d+/approve/[A-Za-z0-9_-]+)", line)
+            link = found.group(1) if found else link
+            found = re.search(r"authenticator app shows\s+code=(\d{6})", line)
+            if found and link:
+                code = found.group(1)
+                break
+        assert link and code, "".join(seen[-20:])
+        origin = link.split("/approve/")[0]
+        with httpx.Client(timeout=15) as browser:
+            page = browser.get(link)
+            assert page.status_code == 200 and "Pay ACME Supplies 12.00 EUR" in page.text
+            fields = form_fields(page.text, "decide")
+            fields.update(code=code, decision="approve")
+            done = browser.post(link, data=fields, headers={"Origin": origin})
+            assert done.status_code == 200 and 'id="outcome"' in done.text, done.text[-2000:]
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    summary = json.loads(out)
+    assert proc.returncode == 0, err[-4000:]
+    assert summary["ok"] and [s["id"] for s in summary["steps"]] == STORY
+    assert summary["steps"][3]["details"]["mode"] == "interactive"
+    assert_cleaned_up(tmp_path, summary["steps"][0])
 
 
 @pytest.mark.parametrize("name", ["branch-workloads", "revocation-notice"])
