@@ -35,12 +35,15 @@ _BREAKS = ("federation", "approval", "audit")
     help="Make one step fail on purpose, for real: federation (a token from another organisation), "
     "approval (Sam denies), audit (a record rewritten in the database).",
 )
+# The names of tessera.demo.SCENARIOS, listed here so that `tessera --help` needs no demo import.
 @click.option("--scenario", type=click.Choice(["payments"]), default="payments", show_default=True, hidden=True)
 def demo(auto_approve: bool, timeout: float, as_json: bool, keep: bool, breaks: str | None, scenario: str) -> None:
-    """Start Tessera with a CI issuer, an agent, an approver's phone and a payments API, and play the story.
+    """Watch the whole story: Tessera, a CI job, an agent, an approver's phone, a payments API.
 
-    A CI job federates in; an agent asks for a payment scope and a person approves it (CIBA); the
-    payments API verifies the token offline; a revocation reaches it; the audit chain verifies.
+    Starts Tessera on the embedded default with a fake CI issuer, an AI agent, the approver's phone
+    and a payments API, and plays the story. A CI job federates in; an agent asks for a payment
+    scope and a person approves it (CIBA); the payments API verifies the token offline; a
+    revocation reaches it; the audit chain verifies.
     Everything runs on 127.0.0.1 in a temporary directory and is stopped and removed at the end.
     Exit status 0 when every step passed, 1 when one failed.
     """
