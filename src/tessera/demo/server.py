@@ -4,7 +4,7 @@ Why a subprocess rather than uvicorn in a thread of the demo: it is the embedded
 operator starts it (same command, same lifespan: outbox worker, sweepers, key refresh), it does not
 share the demo's GIL with the phone and the CI issuer, and a process group can always be stopped —
 SIGTERM, then SIGKILL — even when a step hangs. On Linux the server also gets SIGTERM if the demo
-itself dies (``PR_SET_PDEATHSIG``), so nothing outlives a killed demo.
+itself dies, even by SIGKILL (``PR_SET_PDEATHSIG``), so nothing outlives a killed demo.
 
 Configuration is only ``TESSERA_*`` environment variables (lists as JSON); the inherited environment's
 own ``TESSERA_*`` variables are dropped so that a developer's settings never leak into the demo.
@@ -13,7 +13,6 @@ own ``TESSERA_*`` variables are dropped so that a developer's settings never lea
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -28,7 +27,21 @@ import httpx
 __all__ = ["ServerError", "TesseraServer", "free_port"]
 
 # The ``tessera`` command, run by this very interpreter (so the demo's own installation serves).
-_TESSERA = [sys.executable, "-c", "import sys; from tessera.cli.main import main; sys.exit(main(prog_name='tessera'))"]
+_MAIN = "import sys; from tessera.cli.main import main; sys.exit(main(prog_name='tessera'))"
+_TESSERA = [sys.executable, "-c", _MAIN]
+# ``tessera serve`` that exits with the demo: on Linux it asks for SIGTERM when its parent dies
+# (PR_SET_PDEATHSIG, set after exec — a preexec_fn is unsafe in a process running threads), and
+# exits at once if the parent is already gone. argv[1] is the parent's pid.
+_SERVE = [
+    sys.executable,
+    "-c",
+    "import os, sys\n"
+    "if sys.platform == 'linux':\n"
+    "    import ctypes, signal\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv.pop(1)):\n"
+    "    sys.exit(1)\n" + _MAIN,
+]
 
 
 class ServerError(Exception):
@@ -39,11 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class TesseraServer:
@@ -93,13 +101,12 @@ class TesseraServer:
     def _start_once(self, timeout: float) -> bool:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-                [*_TESSERA, "serve"],
+                [*_SERVE, str(os.getpid()), "serve"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: stopped as a whole, untouched by the terminal's ^C
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout
         url = self.issuer + "/.well-known/openid-configuration"
