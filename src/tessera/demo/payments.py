@@ -13,12 +13,14 @@ import base64
 import json
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
 from tessera.demo.agent import Agent, CibaOutcome
 from tessera.demo.report import Report, StepFailed
+from tessera.demo.server import ServerError
 from tessera.demo.world import APPROVER, CI_AUDIENCE, DEMO_ORG_ID, DEPLOY_API, PAYMENTS_API, World
 from tessera.verify import Verifier
 from tessera.verify.errors import Revoked, VerificationError
@@ -333,13 +335,18 @@ def _audit(world: World, report: Report, *, tamper: bool) -> None:
                     "(SELECT MIN(seq) FROM audit_log WHERE event = 'ciba.redeemed')"
                 )
             report.say("(--break audit) the record of the token's redemption was rewritten in the database")
-        checkpoint = json.loads(world.server.cli("audit", "checkpoint").stdout)
-        report.say("the chain's head is signed (a checkpoint)", seq=checkpoint.get("seq", "?"))
-        try:
-            out = world.server.cli("audit", "verify").stdout.strip()
-        except Exception as e:
-            raise StepFailed(f"tessera audit verify: {e}") from None
+        # Two CLI processes at once (each mostly spends its time importing): the chain is checked while
+        # its head is signed; the checkpoint then covers at least what was checked.
+        with ThreadPoolExecutor(2) as pool:
+            verifying = pool.submit(world.server.cli, "audit", "verify")
+            signing = pool.submit(world.server.cli, "audit", "checkpoint")
+            try:
+                out = verifying.result().stdout.strip()
+            except ServerError as e:
+                raise StepFailed(str(e)) from None
+            checkpoint = json.loads(signing.result().stdout)
         report.say(out)
+        report.say("the chain's head is signed (tessera audit checkpoint)", seq=checkpoint.get("seq", "?"))
         export = world.data_dir / "audit.jsonl"
         jwks = world.data_dir / "jwks.json"
         world.server.cli("audit", "export", "-o", str(export))
