@@ -312,6 +312,8 @@ class _ToolGuard:
                         "reason": e.reason,
                         "authorization_server": self.p.issuer,
                         "authorization_details": e.authorization_details,
+                        # the scopes the approval token needs for this call (to ask for with the approval)
+                        "scope": " ".join(dict.fromkeys([*self.p.required_scopes, *needed])),
                     }
                     raise _Refusal(403, challenge, _rpc_error(rpc_id, e.message, APPROVAL_RPC_CODE, data)) from None
 
