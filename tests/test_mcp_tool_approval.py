@@ -282,3 +282,46 @@ def test_tessera_refuses_a_tool_invocation_whose_hash_is_not_of_the_arguments_sh
     other["locations"] = ["https://elsewhere.example/mcp"]
     r = world.ciba.bc(world.agent, login_hint="lee", binding_message="x", authorization_details=json.dumps([other]))
     assert r.status_code == 400 and r.json()["error"] == "invalid_target", r.text
+
+
+def test_the_example_agent_end_to_end(world: World) -> None:
+    """examples/mcp/agent.py as a process of its own, against examples/mcp/server.py (docs/mcp.md)."""
+    import subprocess
+    import sys
+
+    from mcp_support import EXAMPLES
+
+    world.person_with_totp("ana")
+    ana = Person(world, "ana")
+    ana.start()
+    argv = [
+        sys.executable,
+        str(EXAMPLES / "agent.py"),
+        "--server",
+        world.mcp.url,
+        "--issuer",
+        world.ciba.srv.issuer,
+        "--client-id",
+        world.agent["client_id"],
+        "--client-secret",
+        world.agent["client_secret"],
+        "--approver",
+        "ana",
+        "--to",
+        "Umbrella plc",
+        "--amount",
+        "7.25",
+        "--acr-values",
+        "urn:tessera:aal1",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+    ana.join(10)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ana.error is None, ana.error
+    result = json.loads(done.stdout)
+    assert result == {
+        "tools": ["balance", "read_ledger", "transfer_funds"],
+        "balance": "operations: 100.00 EUR",
+        "transfer": "sent 7.25 EUR to Umbrella plc",
+    }
+    assert {"to": "Umbrella plc", "amount": 7.25, "currency": "EUR"} in example_server.LEDGER
