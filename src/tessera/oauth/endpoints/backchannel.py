@@ -133,7 +133,11 @@ class BackchannelEndpoint:
             "requester": cid,
             "on_behalf_of": person.person_id,
             "action": "authorize " + (client.metadata.get("client_name") or cid),
-            "resource": ", ".join(sorted({d["type"] for d in details})) if details else "scope: " + " ".join(scope),
+            "resource": ", ".join(audience)
+            if any(d["type"] == TOOL_INVOCATION for d in details)
+            else ", ".join(sorted({d["type"] for d in details}))
+            if details
+            else "scope: " + " ".join(scope),
             "scope": scope,
             "authorization_details": details,
             "binding_message": binding,
