@@ -10,6 +10,7 @@ import os
 
 import click
 
+from tessera.cli.alerts import alerts
 from tessera.cli.approvals import approvals, outbox, people
 from tessera.cli.audit import audit
 from tessera.cli.clients import clients
@@ -115,5 +116,19 @@ def db_upgrade() -> None:
 
 # -- clients -------------------------------------------------------------------------------------------
 
-for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token, people, approvals, outbox, flows):
+for command in (
+    clients,
+    issuers,
+    keys,
+    tokens,
+    token,
+    bundle,
+    audit,
+    verify_token,
+    people,
+    approvals,
+    outbox,
+    flows,
+    alerts,
+):
     main.add_command(command)
