@@ -1,9 +1,11 @@
 """MCP benchmark: what token verification adds to one MCP tool call.
 
 One ``tessera serve`` (SQLite) issues a token; one child process serves, under uvicorn on 127.0.0.1,
-the same MCP tool server (``balance``, from examples/mcp/server.py) three ways:
+the same MCP tool server (``balance``, from examples/mcp/server.py) four ways:
 
 - **open**: no authorization at all (the baseline);
+- **sdk-auth-only**: the SDK's own authorization machinery (bearer middleware, scope check, session
+  ownership) with a token verifier that checks nothing: what the SDK costs before Tessera does anything;
 - **protected**: ``tessera.verify.mcp.McpProtection`` — the SDK's bearer middleware calling
   ``TesseraTokenVerifier`` (keys and status list cached; a token seen before skips its signature
   check), plus the per-tool guard reading the JSON-RPC body;
@@ -43,7 +45,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path.insert(0, str(REPO_DIR / "tests"))
 sys.path.insert(0, str(REPO_DIR / "examples" / "mcp"))
 
-VARIANTS = ("open", "protected", "protected-no-cache")
+VARIANTS = ("open", "sdk-auth-only", "protected", "protected-no-cache")
 
 
 def serve(issuer: str, ports: list[int]) -> None:
@@ -71,13 +73,32 @@ def serve(issuer: str, ports: list[int]) -> None:
     def protected(url: str) -> Any:
         return example.build(issuer, url)[0]
 
+    def sdk_auth_only(url: str) -> Any:
+        """The SDK's own auth machinery with a verifier that checks nothing: what the SDK costs by itself."""
+        from mcp.server.auth.provider import AccessToken
+
+        class AcceptAll:
+            async def verify_token(self, token: str) -> AccessToken:
+                return AccessToken(
+                    token=token, client_id="bench", scopes=["tools"], expires_at=int(time.time()) + 3600, resource=url
+                )
+
+        protection = example.McpProtection(issuer, url, required_scopes=["tools"])
+        mcp = MCPServer("ledger", token_verifier=AcceptAll(), auth=protection.auth_settings())
+
+        @mcp.tool()
+        def balance(account: str) -> str:
+            return f"{account}: 100.00 EUR"
+
+        return mcp.streamable_http_app(json_response=True)
+
     def no_cache(url: str) -> Any:
         verifier = Verifier(issuer, audiences=[url], require_status=True, max_act_depth=1, verified_cache_size=0)
         return example.build(issuer, url, verifier=verifier)[0]
 
     async def main() -> None:
         servers = []
-        for port, build in zip(ports, (open_app, protected, no_cache), strict=True):
+        for port, build in zip(ports, (open_app, sdk_auth_only, protected, no_cache), strict=True):
             app = build(f"http://127.0.0.1:{port}/mcp")
             config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
             servers.append(uvicorn.Server(config))
@@ -180,7 +201,7 @@ def main() -> int:
                 data={
                     "grant_type": "client_credentials",
                     "scope": "tools",
-                    "resource": [urls["protected"], urls["protected-no-cache"]],
+                    "resource": [urls["sdk-auth-only"], urls["protected"], urls["protected-no-cache"]],
                 },
                 auth=(client["client_id"], client["client_secret"]),
             )
