@@ -262,6 +262,13 @@ class Settings(BaseModel):
     outbox_poll_interval: float = Field(
         1.0, gt=0, le=60, description="How often each server process looks for due outbox messages, in seconds."
     )
+    outbox_lease: float = Field(
+        60.0,
+        ge=2,
+        le=3600,
+        description="Seconds a server process holds the outbox messages it claimed; a process that dies holding "
+        "them leaves them to another process once the lease runs out (a send is cut off at 0.8 of it).",
+    )
 
     @field_validator("signing_algs")
     @classmethod
