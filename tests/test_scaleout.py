@@ -53,6 +53,8 @@ class World:
     fleet: Fleet
     hook: IdempotentReceiver
     auth: dict[str, SoftAuthenticator]
+    #: one ceremony at a time per authenticator: its signature counter must reach the server in order
+    devices: dict[str, threading.Lock] = field(default_factory=lambda: {pid: threading.Lock() for pid in PEOPLE})
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)
     key: Any = None
 
@@ -192,7 +194,7 @@ class Load:
         link = w.hook.link("approval.requested", pid, {"binding_message": message})
         live = w.fleet.live()
         steps = [live[0], live[1 % len(live)], live[-1]]
-        with httpx.Client(timeout=30) as browser:  # a fresh session (cookie jar) per approval
+        with w.devices[pid], httpx.Client(timeout=30) as browser:  # a fresh session (cookie jar) per approval
             r = decide_across(browser, link, w.fleet.issuer, steps, w.auth[pid])
         assert r.status_code == 200 and 'id="outcome"' in r.text, r.text
 
