@@ -13,8 +13,9 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ def workers(srv: LiveServer) -> set[int]:
     return out
 
 
-def wait_for(check, what: str, within: float = 60.0):  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], Any], what: str, within: float = 60.0) -> Any:
     deadline = time.monotonic() + within
     while not (got := check()):
         assert time.monotonic() < deadline, f"waited {within} s for {what}"
@@ -77,7 +78,11 @@ def test_two_workers_serve_one_database_and_a_killed_worker_is_replaced(server: 
 
     def token(assertion: str | None = None) -> httpx.Response:
         assertion = assertion or client_assertion(key, client["client_id"], server.token_endpoint)
-        data = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+        data = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+        }
         with httpx.Client(timeout=30) as http:  # a new connection each time: the workers share the accepts
             return http.post(server.token_endpoint, data=data)
 
