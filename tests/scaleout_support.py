@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -143,12 +144,16 @@ class Fleet:
             live = self.live()
             return live[next(self._turn) % len(live)]
 
-    def post(self, http: httpx.Client, path: str, **kwargs: Any) -> tuple[LiveServer, httpx.Response]:
-        """POST ``path`` to the next live process; on a connection failure, to the one after."""
+    def post(
+        self, http: httpx.Client, path: str, make: Callable[[], dict[str, Any]] | None = None, **kwargs: Any
+    ) -> tuple[LiveServer, httpx.Response]:
+        """POST ``path`` to the next live process; on a connection failure of a process that was killed,
+        to the one after. ``make`` builds the request anew for each attempt (a fresh client assertion:
+        the dead process may have used up the first one before dying)."""
         for _ in range(len(self.servers) + 1):
             srv = self.pick()
             try:
-                return srv, http.post(srv.issuer + path, **kwargs)
+                return srv, http.post(srv.issuer + path, **(make() if make else kwargs))
             except httpx.TransportError:
                 if srv.port not in self.dead:
                     raise
