@@ -248,7 +248,8 @@ def test_load_across_three_processes_with_one_killed(world: World) -> None:
         held = _leased_by(fleet, c_worker)
         assert held, "c leased none of the messages it enqueued"
         stop = threading.Event()
-        background = threading.Thread(target=_issue_until, args=(load, stop))
+        failures: list[BaseException] = []
+        background = threading.Thread(target=_issue_until, args=(load, stop, failures))
         background.start()
         try:
             time.sleep(0.5)  # let requests be in flight on every process
@@ -262,6 +263,7 @@ def test_load_across_three_processes_with_one_killed(world: World) -> None:
         finally:
             stop.set()
             background.join(60)
+        assert not failures, f"issuance failed while c was killed: {failures[0]!r}"
 
         # -- 5. What the database, the receiver and the client saw -------------------------------------------
         _check_tokens(w, load)
@@ -382,11 +384,14 @@ def _revocations_cross_processes(w: World, load: Load) -> None:
         load.tokens.extend(victims)
 
 
-def _issue_until(load: Load, stop: threading.Event) -> None:
+def _issue_until(load: Load, stop: threading.Event, failures: list[BaseException]) -> None:
     i = 0
-    while not stop.is_set():
-        load.token(i)
-        i += 1
+    try:
+        while not stop.is_set():
+            load.token(i)
+            i += 1
+    except BaseException as e:  # reported by the test's thread
+        failures.append(e)
 
 
 def _wait_for(check: Any, what: str, within: float = 30.0) -> Any:
