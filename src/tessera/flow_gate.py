@@ -117,7 +117,7 @@ class FlowGate:
         self._open = self._open_flow_approvals()
         self._metadata = any("client.metadata" in json.dumps(dict(f.document)) for f in flows)
         issue = [f for f in flows if f.on == "token.issue"]
-        every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba")
+        every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba", "authorization_code", "refresh_token")
         self._grants = {g for g in every for f in issue if f.applies_to_grant(g)}
 
     def applies(self, grant: str, client_metadata: Mapping[str, Any] | None = None) -> bool:
