@@ -15,6 +15,7 @@ from tessera.cli.audit import audit
 from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
 from tessera.cli.flows import flows
+from tessera.cli.grants import grants
 from tessera.cli.issuers import issuers
 from tessera.cli.keys import keys
 from tessera.cli.token import token
@@ -115,5 +116,19 @@ def db_upgrade() -> None:
 
 # -- clients -------------------------------------------------------------------------------------------
 
-for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token, people, approvals, outbox, flows):
+for command in (
+    clients,
+    issuers,
+    keys,
+    tokens,
+    token,
+    bundle,
+    audit,
+    verify_token,
+    people,
+    approvals,
+    outbox,
+    flows,
+    grants,
+):
     main.add_command(command)
