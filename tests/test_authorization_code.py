@@ -338,6 +338,15 @@ def test_pkce_verifier_missing_malformed_or_wrong(world: World, alice: Person, a
     assert world.redeem(agent, code, verifier).status_code == 200
 
 
+def test_the_token_request_may_repeat_the_resource_but_not_change_it(world: World, alice: Person, agent: Agent) -> None:
+    code, verifier, _ = world.code_for(alice, agent)
+    base = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT}
+    assert_oauth_error(world.token(agent, **base, resource="https://other.example.com/mcp"), 400, "invalid_target")
+    r = world.token(agent, **base, resource=RESOURCE)
+    assert r.status_code == 200, r.text
+    assert verify(world.srv, r.json()["access_token"])["aud"] == RESOURCE
+
+
 def test_redirect_uri_must_match_at_the_token_endpoint(world: World, alice: Person, agent: Agent) -> None:
     code, verifier, _ = world.code_for(alice, agent)
     r = world.token(

@@ -23,7 +23,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -48,13 +48,22 @@ from tessera.store.interfaces import AuditSink
 from tessera.store.sql.authcode import new_grant_id
 
 from .body import read_body
-from .pages import PAGE_HEADERS, UI, _when
+from .pages import CSP, PAGE_HEADERS, UI, _when
 
 __all__ = ["SESSION_COOKIE", "authorize_routes"]
 
 log = logging.getLogger("tessera.authorize")
 SESSION_COOKIE = "tessera_session"
 _FORM_LIMIT = 64 * 1024
+
+
+def _csp_source(uri: str) -> str:
+    """The CSP source expression of a redirect URI's origin (CSP3 §2.3.1): scheme://host[:port], or the
+    scheme alone for a native app's private-use scheme (RFC 8252 §7.1)."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        return f"{parts.scheme}://{parts.netloc}"
+    return f"{parts.scheme}:"
 
 
 def authorize_routes(
@@ -78,9 +87,19 @@ def authorize_routes(
     authorize_path = prefix + "/oauth/authorize"
     grants_path = prefix + "/account/grants"
 
-    def render(name: str, status: int = 200, cookie: str | None = None, **ctx: Any) -> HTMLResponse:
+    def render(
+        name: str, status: int = 200, cookie: str | None = None, form_target: str | None = None, **ctx: Any
+    ) -> HTMLResponse:
         body = env.get_template(name).render(static=prefix + "/ui/static", **ctx)
-        response = HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
+        headers = PAGE_HEADERS
+        if form_target is not None:
+            # CSP form-action also governs where the form's response redirects (CSP3 §6.4.1): the
+            # consent form ends at the client's redirect URI, so exactly that origin is allowed too.
+            headers = {
+                **PAGE_HEADERS,
+                "Content-Security-Policy": CSP.replace("form-action 'self'", f"form-action 'self' {form_target}"),
+            }
+        response = HTMLResponse(body, status_code=status, headers=headers)
         if cookie is not None:
             set_cookie(response, cookie)
         return response
@@ -222,6 +241,7 @@ def authorize_routes(
         md = req.client.metadata
         return render(
             "consent.html",
+            form_target=_csp_source(req.redirect_uri),
             person=person,
             acr=row["acr"],
             client_name=md.get("client_name") or req.client_id,

@@ -202,8 +202,16 @@ class AuthorizationCodeGrant(_Minter):
             raise InvalidGrant("code_verifier does not match the code_challenge (RFC 7636 §4.6)")
         if not await self._store.grant_live(rec.grant_id):
             raise InvalidGrant("the person's consent was revoked", client_id=client.client_id)
+        audience = list(rec.resource)
+        resources = form.getlist("resource")
+        if resources:
+            # RFC 8707 §2.2: the token request may name the resource again (the MCP SDK does); only
+            # resources the person consented to, in the authorization request, may be named.
+            if any(r not in rec.resource for r in resources):
+                raise InvalidTarget("resource was not in the authorization request (RFC 8707 §2.2)")
+            audience = list(dict.fromkeys(resources))
         access, scope, audience, lifetime = await self._mint(
-            request, client, rec.person_id, list(rec.scope), list(rec.resource), rec.acr, rec.auth_time, self.grant_type
+            request, client, rec.person_id, list(rec.scope), audience, rec.acr, rec.auth_time, self.grant_type
         )
         refresh_value = None
         refresh = None
