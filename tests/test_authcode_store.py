@@ -160,3 +160,13 @@ def test_a_sign_in_challenge_is_used_once(store: SqlStore) -> None:
     s = run(codes.get_session("s2", T0 + 2))
     assert s is not None and s["person_id"] == "alice"
     assert run(codes.get_session("s2", T0 + 902)) is None  # expired
+
+
+def test_two_consents_to_the_same_thing_make_one_grant(store: SqlStore) -> None:
+    codes = SqlAuthCodes(store)
+    run(codes.issue_code(code("c5"), GRANT, True, []))
+    twin = ConsentGrant("g2", "alice", "agent", ["read"], ["https://mcp.example.com"], T0)
+    run(codes.issue_code(code("c6", grant="g2"), twin, True, []))
+    assert [g.grant_id for g in store.read(lambda c: list_grants(c, "alice", "agent"))] == ["g1"]
+    rec = run(codes.get_code(digest("c6")))
+    assert rec is not None and rec.grant_id == "g1"  # revoking g1 stops both codes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -308,7 +309,22 @@ class SqlAuthCodes:
         self, record: CodeRecord, grant: ConsentGrant, new_grant: bool, events: list[AuditEvent]
     ) -> None:
         def work(conn: sa.Connection) -> tuple[None, list[AuditEvent]]:
+            nonlocal record
+            g = oauth_grants.c
             if new_grant:
+                # Two consents to the same thing at once (two tabs): one grant, so that revoking it stops both.
+                same = conn.execute(
+                    sa.select(g.grant_id).where(
+                        g.person_id == grant.person_id,
+                        g.client_id == grant.client_id,
+                        g.scope == scope_key(grant.scope),
+                        g.resource == scope_key(grant.resource),
+                        g.revoked_at.is_(None),
+                    )
+                ).first()
+                if same is not None:
+                    record = replace(record, grant_id=same.grant_id)
+            if new_grant and record.grant_id == grant.grant_id:
                 conn.execute(
                     sa.insert(oauth_grants).values(
                         grant_id=grant.grant_id,
