@@ -106,6 +106,27 @@ def test_dynamic_registration_of_an_mcp_public_client(srv: LiveServer) -> None:
     assert "client_secret" not in out and out["token_endpoint_auth_method"] == "none"
 
 
+def test_a_client_cannot_add_a_redirect_uri_through_rfc7592(srv: LiveServer) -> None:
+    body = {
+        "redirect_uris": ["https://agent.example.com/cb"],
+        "grant_types": ["authorization_code"],
+        "token_endpoint_auth_method": "none",
+    }
+    reg = httpx.post(
+        srv.issuer + "/oauth/register", json=body, headers={"Authorization": f"Bearer {srv.reg_token}"}, timeout=10
+    ).json()
+    auth = {"Authorization": f"Bearer {reg['registration_access_token']}"}
+    wider = {
+        **body,
+        "client_id": reg["client_id"],
+        "redirect_uris": [*body["redirect_uris"], "https://evil.example/cb"],
+    }
+    r = httpx.put(reg["registration_client_uri"], json=wider, headers=auth, timeout=10)
+    assert_oauth_error(r, 400, "invalid_client_metadata")
+    narrower = {**body, "client_id": reg["client_id"]}
+    assert httpx.put(reg["registration_client_uri"], json=narrower, headers=auth, timeout=10).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [

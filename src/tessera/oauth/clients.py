@@ -80,6 +80,8 @@ def secret_matches(secret: str, stored_hash: str | None) -> bool:
 
 def parse_scope(value: str) -> list[str]:
     """RFC 6749 §3.3: space-delimited, case-sensitive scope tokens; order kept, duplicates dropped."""
+    if value == "":
+        return []  # no scope (a client registered without one, updated through RFC 7592)
     tokens = value.split(" ")
     if any(t == "" for t in tokens) and value != "":
         # leading, trailing or doubled spaces: tolerate by ignoring empties, but validate the rest
