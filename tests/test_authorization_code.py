@@ -6,6 +6,7 @@ Tokens are checked with PyJWT against the published JWKS (nothing of Tessera's h
 from __future__ import annotations
 
 import hashlib
+import pathlib
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,8 @@ from support import LiveServer, assert_oauth_error
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    s = approval_server(tmp_path_factory.mktemp("authcode") / "data").start()
+    # Flows reload every second (the flows test publishes one).
+    s = approval_server(tmp_path_factory.mktemp("authcode") / "data", TESSERA_KEY_REFRESH_INTERVAL="1").start()
     yield s
     s.stop()
     r = s.cli("audit", "verify")
@@ -526,3 +528,45 @@ def test_secrets_never_reach_the_audit_log(world: World, alice: Person, agent: A
     tokens = world.redeem(agent, code, verifier).json()
     text = str(world.audit_events())
     assert code not in text and tokens["refresh_token"] not in text and verifier not in text
+
+
+def test_the_flows_gate_both_grants(world: World, tmp_path: pathlib.Path) -> None:
+    """docs/flows.md: token.issue flows apply to authorization_code and refresh_token (here: Erin's
+    tokens may live at most 60 s; and none may be refreshed once a flag scope is asked for)."""
+    import time
+
+    import yaml
+
+    erin = world.person("erin")
+    agent = world.agent(scope="tools.read tools.write flagged")
+    code, verifier, _ = world.code_for(erin, agent)
+    before = world.redeem(agent, code, verifier).json()
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "erin-short.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "erin-short",
+                "on": "token.issue",
+                "grants": ["authorization_code", "refresh_token"],
+                "when": 'person.id == "erin"',
+                "steps": [
+                    {"id": "no-flag", "when": '"flagged" in request.scope', "deny": {}, "reason": "flagged scope"},
+                    {"id": "short", "limit": {"lifetime": 60}},
+                ],
+            }
+        )
+    )
+    r = world.srv.cli("flows", "publish", str(flows), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    time.sleep(1.6)
+    code, verifier, _ = world.code_for(erin, agent)
+    got = world.redeem(agent, code, verifier)
+    assert got.status_code == 200 and got.json()["expires_in"] == 60, got.text
+    refreshed = world.token(agent, grant_type="refresh_token", refresh_token=before["refresh_token"])
+    assert refreshed.status_code == 200 and refreshed.json()["expires_in"] == 60, refreshed.text
+    code, verifier, _ = world.code_for(erin, agent, scope="tools.read flagged")
+    denied = world.redeem(agent, code, verifier)
+    assert denied.status_code == 400 and "flagged scope" in denied.json()["error_description"], denied.text
+    # Issued before the flow was published: the server default.
+    assert before["expires_in"] > 60
