@@ -570,3 +570,32 @@ def test_the_flows_gate_both_grants(world: World, tmp_path: pathlib.Path) -> Non
     assert denied.status_code == 400 and "flagged scope" in denied.json()["error_description"], denied.text
     # Issued before the flow was published: the server default.
     assert before["expires_in"] > 60
+
+
+def test_a_public_client_revokes_its_refresh_token_at_the_revocation_endpoint(
+    world: World, alice: Person, agent: Agent
+) -> None:
+    """RFC 7009 §2: refresh tokens MUST be revocable; the family and its access tokens go with it."""
+    code, verifier, _ = world.code_for(alice, agent)
+    tokens = world.redeem(agent, code, verifier).json()
+    other = world.agent()
+    r = httpx.post(
+        world.srv.issuer + "/oauth/revoke",
+        data={"token": tokens["refresh_token"], "client_id": other.client_id},
+        timeout=10,
+    )
+    assert_oauth_error(r, 400, "invalid_grant")  # another client's token: refused, nothing revoked
+    assert introspect(world, tokens["access_token"])["active"] is True
+    r = httpx.post(
+        world.srv.issuer + "/oauth/revoke",
+        data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token", "client_id": agent.client_id},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert introspect(world, tokens["access_token"])["active"] is False
+    assert_oauth_error(
+        world.token(agent, grant_type="refresh_token", refresh_token=tokens["refresh_token"]), 400, "invalid_grant"
+    )
+    # Without any client identification: invalid_client.
+    r = httpx.post(world.srv.issuer + "/oauth/revoke", data={"token": tokens["refresh_token"]}, timeout=10)
+    assert r.status_code == 401

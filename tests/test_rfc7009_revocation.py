@@ -47,12 +47,12 @@ def bob(server: LiveServer) -> dict[str, Any]:
 def test_discovery_names_the_revocation_endpoint(server: LiveServer) -> None:
     md = httpx.get(server.issuer + "/.well-known/oauth-authorization-server", timeout=10).json()
     assert md["revocation_endpoint"] == server.issuer + "/oauth/revoke"
-    # Public clients (authorization code + PKCE) use "none" at the token endpoint only.
-    assert md["revocation_endpoint_auth_methods_supported"] + ["none"] == md["token_endpoint_auth_methods_supported"]
+    assert md["revocation_endpoint_auth_methods_supported"] == md["token_endpoint_auth_methods_supported"]
     assert set(md["revocation_endpoint_auth_methods_supported"]) == {
         "private_key_jwt",
         "client_secret_basic",
         "client_secret_post",
+        "none",  # public clients of the authorization code grant (RFC 7009 §2.1)
     }
     assert "ES256" in md["revocation_endpoint_auth_signing_alg_values_supported"]
 

@@ -324,6 +324,8 @@ def build_app(runtime: Runtime) -> Any:
         revoker=store,
         assertions=store,
         audit=store,
+        refresh=authcodes,
+        now=clock.now,
     )
     introspection = IntrospectionEndpoint(
         issuer=issuer, authenticator=authenticator, keys=keys.current, tokens=store, assertions=store, now=clock.now

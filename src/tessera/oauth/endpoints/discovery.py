@@ -51,7 +51,8 @@ def metadata(
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "access_token_signing_alg_values_supported": list(signing_algs),
         "revocation_endpoint": issuer + "/oauth/revoke",
-        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
+        # RFC 7009 §2.1: public clients revoke their own tokens (refresh tokens above all) too.
+        "revocation_endpoint_auth_methods_supported": [*AUTH_METHODS_SUPPORTED, "none"],
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "introspection_endpoint": issuer + "/oauth/introspect",
         "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
