@@ -326,6 +326,20 @@ def test_errors_after_the_redirect_uri_is_trusted_go_back_with_iss_and_state(
     assert "code" not in q
 
 
+def test_prompt_login_asks_for_the_passkey_again(world: World, alice: Person, agent: Agent) -> None:
+    world.code_for(alice, agent)  # signed in, consent remembered
+    verifier, challenge = pkce()
+    page = alice.page.get(world.authorize_url(agent, challenge, prompt="login"))
+    assert page.status_code == 200 and 'id="signin"' in page.text
+    done = world.sign_in(alice, page.text)
+    assert done.status_code == 303 and "prompt" not in done.headers["location"]
+    r = alice.page.get(done.headers["location"])
+    assert r.status_code == 303
+    assert world.redeem(agent, query_of(r.headers["location"])["code"], verifier).status_code == 200
+    bad = httpx.get(world.authorize_url(agent, challenge, prompt="none login"), timeout=10)
+    assert query_of(bad.headers["location"])["error"] == "invalid_request"
+
+
 def test_prompt_none_without_a_session(world: World, agent: Agent) -> None:
     _, challenge = pkce()
     r = httpx.get(world.authorize_url(agent, challenge, prompt="none"), timeout=10)

@@ -282,6 +282,13 @@ def authorize_routes(
         session_hash, row, cookie = await session(request)
         person = await person_of(row) if row is not None and row.get("person_id") else None
         prompt = (req.prompt or "").split(" ")
+        if "login" in prompt:
+            # The person signs in again whatever their session; the request then goes on without "login".
+            again = {k: v for k, v in params.items() if k != "prompt"}
+            rest = " ".join(p for p in prompt if p != "login")
+            if rest:
+                again["prompt"] = [rest]
+            return signin_page(authorize_path + "?" + urlencode(again, doseq=True), session_hash, cookie, req.client)
         if person is None or row is None:
             if "none" in prompt:
                 return error_back(

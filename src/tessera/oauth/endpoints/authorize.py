@@ -153,8 +153,12 @@ async def check_authorization_request(
     except OAuthError as e:
         raise fail(e.error, e.description) from None
     prompt = one("prompt")
-    if prompt is not None and any(p not in ("none", "login", "consent") for p in prompt.split(" ")):
-        raise fail("invalid_request", "prompt may be none, login or consent")
+    if prompt is not None:
+        values = prompt.split(" ")
+        if any(p not in ("none", "login", "consent") for p in values):
+            raise fail("invalid_request", "prompt may be none, login or consent")
+        if "none" in values and len(values) > 1:
+            raise fail("invalid_request", "prompt none cannot be combined with another value")
     return AuthorizationRequest(
         client=client,
         redirect_uri=redirect_uri,

@@ -469,6 +469,9 @@ class SqlAuthCodes:
                 return False, []
             repo.insert_tokens(conn, tokens)
             conn.execute(sa.insert(oauth_refresh_tokens).values(**_refresh_values(new)))
+            # Dead rows go as new ones come: a day past their expiry (until then a rotated one still
+            # reveals a reuse), so the table holds about one live row per family.
+            conn.execute(sa.delete(oauth_refresh_tokens).where(t.expires_at < now - 86400))
             return True, events
 
         result: bool = await self._write(work)
