@@ -235,6 +235,26 @@ def test_sign_in_by_id_then_passkey(world: World) -> None:
     assert "script-src 'self'" in consent.headers["content-security-policy"]
 
 
+def test_the_sign_in_options_do_not_tell_who_exists(world: World, alice: Person, agent: Agent) -> None:
+    from authcode_support import data_attr
+
+    _, challenge = pkce()
+    page = httpx.Client(timeout=10)
+    first = page.get(world.authorize_url(agent, challenge))
+    url = world.srv.issuer + data_attr(first.text, "signin", "options")
+    headers = {"X-CSRF-Token": data_attr(first.text, "signin", "csrf"), "Origin": world.srv.issuer}
+
+    def allowed(hint: str) -> list[dict[str, Any]]:
+        r = page.post(url, json={"hint": hint}, headers=headers)
+        assert r.status_code == 200, r.text
+        return list(r.json()["allowCredentials"])
+
+    real, ghost = allowed("alice@example.com"), allowed("ghost@example.com")
+    assert len(real) == 1 and len(ghost) == 1 and real[0]["id"] != ghost[0]["id"]
+    assert set(real[0]) == set(ghost[0]) and allowed("ghost@example.com") == ghost  # stable
+    assert allowed("") == []  # discoverable credentials
+
+
 def test_a_wrong_passkey_does_not_sign_in(world: World, alice: Person, agent: Agent) -> None:
     from authcode_support import Person as P
     from webauthn_support import SoftAuthenticator

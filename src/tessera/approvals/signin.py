@@ -11,7 +11,9 @@ person's lockout like a failed approval; disabled, agent and locked people canno
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -55,19 +57,38 @@ def _usable(rec: PersonRecord | None) -> str | None:
     return None
 
 
-def passkey_signin_options(service: ApprovalService, challenge: bytes, hint: str | None) -> dict[str, Any]:
-    """Request options for ``navigator.credentials.get()``. With a hint, the person's passkeys are
-    listed; an unknown hint gets the same (empty-list) answer as none, so ids are not revealed."""
+def _decoy(hint: str, key: bytes) -> wa.Passkey:
+    """A credential id derived from the hint (the same one every time): an id or e-mail nobody here has,
+    or whose person cannot sign in, gets an answer shaped like a real one (WebAuthn §14.6.2, username
+    enumeration)."""
+    raw = hmac.new(key, b"signin-decoy|" + hint.lower().encode(), hashlib.sha256).digest()
+    return wa.Passkey(
+        credential_id=base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
+        public_key="",
+        sign_count=0,
+        alg=-7,
+        transports=("hybrid", "internal"),
+        user_verified=True,
+        backup_eligible=False,
+        aaguid="",
+    )
+
+
+def passkey_signin_options(
+    service: ApprovalService, challenge: bytes, hint: str | None, decoy_key: bytes = b""
+) -> dict[str, Any]:
+    """Request options for ``navigator.credentials.get()``. Without a hint, a discoverable-credential
+    request (empty ``allowCredentials``); with one, the person's passkeys — or a decoy."""
 
     def work(tx: ApprovalTx) -> list[wa.Passkey]:
         if not hint:
             return []
         person = next((p for p in tx.list_people() if p.person.matches_hint(hint)), None)
         if person is None or _usable(person) is not None:
-            return []
-        return [
-            wa.Passkey.from_json(a.public) for a in tx.authenticators(person.person.person_id) if a.kind == "passkey"
-        ]
+            return [_decoy(hint, decoy_key)]
+        pid = person.person.person_id
+        found = [wa.Passkey.from_json(a.public) for a in tx.authenticators(pid) if a.kind == "passkey"]
+        return found or [_decoy(hint, decoy_key)]
 
     passkeys = service.store.read(work)
     return wa.authentication_options(

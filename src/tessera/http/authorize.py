@@ -354,7 +354,7 @@ def authorize_routes(
             return JSONResponse({"error": "invalid_request"}, 400, headers=PAGE_HEADERS)
         challenge = secrets.token_bytes(32)
         await codes.set_challenge(session_hash, base64.urlsafe_b64encode(challenge).decode())
-        options = await run_in_threadpool(passkey_signin_options, service, challenge, hint)
+        options = await run_in_threadpool(passkey_signin_options, service, challenge, hint, csrf_key)
         return JSONResponse(options, headers=PAGE_HEADERS)
 
     def safe_next(value: str) -> str:
