@@ -10,10 +10,12 @@ import os
 
 import click
 
+from tessera.cli.alerts import alerts
 from tessera.cli.approvals import approvals, outbox, people
 from tessera.cli.audit import audit
 from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
+from tessera.cli.demo import demo
 from tessera.cli.flows import flows
 from tessera.cli.grants import grants
 from tessera.cli.issuers import issuers
@@ -130,5 +132,7 @@ for command in (
     outbox,
     flows,
     grants,
+    alerts,
 ):
     main.add_command(command)
+main.add_command(demo)

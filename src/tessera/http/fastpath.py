@@ -70,7 +70,8 @@ class TokenFastPath:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
                 raise InvalidRequest("the token request must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
-            result = await self._endpoint.handle(headers, parse_form(body))
+            peer = scope.get("client")
+            result = await self._endpoint.handle(headers, parse_form(body), peer[0] if peer else None)
             nonce = self._endpoint.dpop_nonce() if "dpop" in headers else None
             # RFC 9449 §8: the server may supply the nonce for the next proof with a successful response.
             await self._respond(send, 200, result, [(b"dpop-nonce", nonce.encode())] if nonce else [])

@@ -80,7 +80,7 @@ def _digest(token: str) -> str:
 
 
 #: metadata only the server sets; a client's RFC 7592 update keeps them as they are
-SERVER_CONTROLLED = ("onboarding", "quarantined")
+SERVER_CONTROLLED = ("onboarding", "quarantined", "suspended")
 
 
 class RegistrationEndpoint:
