@@ -500,9 +500,7 @@ def test_client_assertion_type_without_assertion(server) -> None:
 @pytest.mark.parametrize(
     "grant_type",
     [
-        "password",
-        "authorization_code",
-        "refresh_token",
+        "password",  # (authorization_code and refresh_token are offered: tests/test_authorization_code.py)
         "urn:ietf:params:oauth:grant-type:device_code",
         "urn:ietf:params:oauth:grant-type:saml2-bearer",
         "CLIENT_CREDENTIALS",

@@ -52,6 +52,7 @@ def test_discovery_names_the_revocation_endpoint(server: LiveServer) -> None:
         "private_key_jwt",
         "client_secret_basic",
         "client_secret_post",
+        "none",  # public clients of the authorization code grant (RFC 7009 §2.1)
     }
     assert "ES256" in md["revocation_endpoint_auth_signing_alg_values_supported"]
 

@@ -126,7 +126,7 @@ class FlowGate:
         # when a flow reads what is new about it.
         self._watching = self._watch is not None and any("source.new" in json.dumps(dict(f.document)) for f in flows)
         issue = [f for f in flows if f.on == "token.issue"]
-        every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba")
+        every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba", "authorization_code", "refresh_token")
         self._grants = {g for g in every for f in issue if f.applies_to_grant(g)}
 
     def applies(self, grant: str, client_metadata: Mapping[str, Any] | None = None) -> bool:

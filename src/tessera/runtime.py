@@ -47,6 +47,8 @@ SUPPORTED_GRANTS = (
     "urn:ietf:params:oauth:grant-type:token-exchange",
     "urn:ietf:params:oauth:grant-type:jwt-bearer",
     "urn:openid:params:grant-type:ciba",
+    "authorization_code",
+    "refresh_token",
 )
 
 

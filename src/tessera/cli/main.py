@@ -17,6 +17,7 @@ from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
 from tessera.cli.demo import demo
 from tessera.cli.flows import flows
+from tessera.cli.grants import grants
 from tessera.cli.issuers import issuers
 from tessera.cli.keys import keys
 from tessera.cli.token import token
@@ -130,6 +131,7 @@ for command in (
     approvals,
     outbox,
     flows,
+    grants,
     alerts,
 ):
     main.add_command(command)

@@ -29,6 +29,7 @@ from tessera.runtime import Runtime, client_policy, delete_trusted_issuer, put_t
 from tessera.store.sql import repo
 
 from .admin_approvals import add_approval_routes
+from .admin_grants import add_grant_routes
 from .admin_incidents import add_incident_routes
 
 if TYPE_CHECKING:
@@ -379,6 +380,7 @@ def admin_app(
 
     if approvals is not None and outbox is not None:
         add_approval_routes(app, approvals, outbox, admin, _get, set_quarantine)
+    add_grant_routes(app, store, admin, invalidate_status_lists)
     if incidents is not None:
         add_incident_routes(
             app,

@@ -38,6 +38,7 @@ from tessera.oauth.endpoints.token import TokenEndpoint
 from tessera.oauth.errors import AccessDenied, InvalidRequest, OAuthError
 from tessera.oauth.forms import Form, parse_form
 from tessera.oauth.grants import Grant
+from tessera.oauth.grants.authorization_code import AuthorizationCodeGrant, RefreshTokenGrant
 from tessera.oauth.grants.ciba import CibaGrant
 from tessera.oauth.grants.client_credentials import ClientCredentialsGrant
 from tessera.oauth.grants.jwt_bearer import JwtBearerGrant
@@ -47,9 +48,11 @@ from tessera.oauth.revocation import TokenSelector
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.runtime import Runtime, client_policy, load_trusted_issuers, open_runtime, server_metadata
 from tessera.settings import load_settings
+from tessera.store.sql.authcode import SqlAuthCodes
 from tessera.store.sql.ciba import SqlCiba
 from tessera.store.sql.outbox import SqlOutbox
 
+from .authorize import authorize_routes
 from .body import read_body, read_json
 from .console import console_routes
 from .fastpath import TokenFastPath
@@ -308,6 +311,23 @@ def build_app(runtime: Runtime) -> Any:
             policy=flows,
         )
     )
+    authcodes = SqlAuthCodes(store)
+    for grant_class in (AuthorizationCodeGrant, RefreshTokenGrant):
+        grants.append(
+            grant_class(
+                issuer=issuer,
+                keys=keys.current,
+                signing_alg=settings.signing_algs[0],
+                store=authcodes,
+                now=clock.now,
+                max_lifetime=settings.access_token_lifetime,
+                status_allocator=allocator,
+                status_min_lifetime=settings.status_list_min_lifetime,
+                on_revoked=lambda lists: status_lists_ref[0].invalidate(lists) if status_lists_ref else None,
+                person_refusal=lambda pid: person_refusal(pid),
+                policy=flows,
+            )
+        )
     dpop = DPoPChecker(
         token_endpoint=issuer + "/oauth/token",
         replay=store,
@@ -338,6 +358,8 @@ def build_app(runtime: Runtime) -> Any:
         revoker=store,
         assertions=store,
         audit=store,
+        refresh=authcodes,
+        now=clock.now,
     )
     introspection = IntrospectionEndpoint(
         issuer=issuer, authenticator=authenticator, keys=keys.current, tokens=store, assertions=store, now=clock.now
@@ -583,6 +605,18 @@ def build_app(runtime: Runtime) -> Any:
         federation=federation,
         csrf_key=csrf_key,
         secure_cookies=issuer.startswith("https://"),
+    )
+    routes += authorize_routes(
+        service=approvals,
+        codes=authcodes,
+        audit=store,
+        lookup=store.get_client,
+        issuer=issuer,
+        prefix=prefix,
+        csrf_key=csrf_key,
+        secure_cookies=issuer.startswith("https://"),
+        default_audience=settings.audience_default,
+        now=clock.now,
     )
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.

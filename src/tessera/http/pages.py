@@ -47,7 +47,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-_STATIC = {"approve.js": "text/javascript", "style.css": "text/css"}
+_STATIC = {"approve.js": "text/javascript", "signin.js": "text/javascript", "style.css": "text/css"}
 _FORM_LIMIT = 64 * 1024
 
 

@@ -80,6 +80,8 @@ def secret_matches(secret: str, stored_hash: str | None) -> bool:
 
 def parse_scope(value: str) -> list[str]:
     """RFC 6749 §3.3: space-delimited, case-sensitive scope tokens; order kept, duplicates dropped."""
+    if value == "":
+        return []  # no scope (a client registered without one, updated through RFC 7592)
     tokens = value.split(" ")
     if any(t == "" for t in tokens) and value != "":
         # leading, trailing or doubled spaces: tolerate by ignoring empties, but validate the rest
@@ -236,14 +238,10 @@ def validate_metadata(raw: Any, policy: ClientPolicy) -> dict[str, Any]:
         raise _bad(f"grant_types not supported by this server: {unknown}")
     md["grant_types"] = list(dict.fromkeys(grants))
 
-    if raw.get("response_types") not in (None, []):
-        raise _bad("response_types: this server offers no redirect-based grant")
-    if raw.get("redirect_uris") not in (None, []):
-        raise InvalidRedirectUri("redirect_uris: this server offers no redirect-based grant")
-
     method = raw.get("token_endpoint_auth_method", "client_secret_basic")
     if method not in AUTH_METHODS:
         raise _bad(f"token_endpoint_auth_method must be one of {list(AUTH_METHODS)}")
+    _validate_redirects(raw, md)
     if method == "none" and "client_credentials" in md["grant_types"]:
         # RFC 6749 §4.4: the client credentials grant MUST only be used by confidential clients.
         raise _bad("token_endpoint_auth_method 'none' cannot be used with the client_credentials grant")
@@ -411,6 +409,46 @@ def _validate_ciba(raw: dict[str, Any], md: dict[str, Any], method: str, policy:
             raise _bad("backchannel_user_code_parameter must be true or false")
         if user_code:
             md["backchannel_user_code_parameter"] = True
+
+
+def _validate_redirects(raw: dict[str, Any], md: dict[str, Any]) -> None:
+    """RFC 7591 §2 ``redirect_uris`` and ``response_types`` for the authorization code grant
+    (docs/authorization-code.md). §2.1: ``authorization_code`` goes with ``response_types: ["code"]``
+    (the default when the grant is registered); ``refresh_token`` only with it here (no other grant
+    issues refresh tokens); the implicit grant and ``token`` response type are not offered."""
+    from tessera.oauth.authcode import MAX_REDIRECT_URIS, check_redirect_uri
+
+    grants = md["grant_types"]
+    wants_code = "authorization_code" in grants
+    if "implicit" in grants:
+        raise _bad("the implicit grant is not offered (OAuth 2.1 §1.6)")
+    if "refresh_token" in grants and not wants_code:
+        raise _bad("refresh_token is issued only with the authorization_code grant here")
+    types = raw.get("response_types")
+    if types is None:
+        types = ["code"] if wants_code else []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise _bad("response_types must be an array of strings")
+    if any(t != "code" for t in types):
+        raise _bad("response_types: only code is offered (no implicit or hybrid flow)")
+    if types and not wants_code:
+        raise _bad("response_types code needs the authorization_code grant (RFC 7591 §2.1)")
+    if wants_code and not types:
+        raise _bad("the authorization_code grant needs response_types code (RFC 7591 §2.1)")
+    uris = raw.get("redirect_uris")
+    if not wants_code:
+        if uris not in (None, []):
+            raise InvalidRedirectUri("redirect_uris apply only to clients of the authorization_code grant")
+        return
+    if not isinstance(uris, list) or not uris or len(uris) > MAX_REDIRECT_URIS:
+        # RFC 6749 §3.1.2.2 / OAuth 2.1 §2.3.1: every client of a redirect-based grant registers them.
+        raise InvalidRedirectUri(f"redirect_uris must be an array of 1 to {MAX_REDIRECT_URIS} URIs")
+    for uri in uris:
+        reason = check_redirect_uri(uri)
+        if reason:
+            raise InvalidRedirectUri(f"redirect_uri {str(uri)[:80]!r} {reason}")
+    md["redirect_uris"] = list(dict.fromkeys(uris))
+    md["response_types"] = ["code"]
 
 
 def _validate_federated(value: Any) -> list[dict[str, str]]:

@@ -16,7 +16,7 @@ __all__ = ["IssuanceContext", "IssuancePolicy", "PolicyLimits", "apply_limits", 
 
 @dataclass(frozen=True)
 class IssuanceContext:
-    grant: str  # client_credentials | token_exchange | jwt_bearer | ciba
+    grant: str  # client_credentials | token_exchange | jwt_bearer | ciba | authorization_code | refresh_token
     client_id: str
     client_metadata: Mapping[str, Any]
     scope: list[str]

@@ -64,7 +64,16 @@ _SCHEMA: dict[str, Any] = {
                 "properties": {
                     "name": {"type": "string", "minLength": 1},
                     "trigger": {"enum": list(TRIGGERS)},
-                    "grant": {"enum": ["client_credentials", "token_exchange", "jwt_bearer", "ciba"]},
+                    "grant": {
+                        "enum": [
+                            "client_credentials",
+                            "token_exchange",
+                            "jwt_bearer",
+                            "ciba",
+                            "authorization_code",
+                            "refresh_token",
+                        ]
+                    },
                     "now": {"type": "integer", "minimum": 0},
                     "context": {
                         "type": "object",

@@ -5,7 +5,10 @@ RFC 8414 §2 names ``revocation_endpoint`` (RFC 7009) and ``introspection_endpoi
 their ``*_auth_methods_supported`` and ``*_auth_signing_alg_values_supported``;
 draft-ietf-oauth-status-list §9.1 and §14: "it is RECOMMENDED to use the
 ``status_list_aggregation_endpoint`` parameter" for the list of all status list URIs;
-RFC 9449 §5.1 ``dpop_signing_alg_values_supported`` signals DPoP support at the token endpoint.
+RFC 9449 §5.1 ``dpop_signing_alg_values_supported`` signals DPoP support at the token endpoint;
+the authorization code grant (docs/authorization-code.md) adds ``authorization_endpoint``,
+``code_challenge_methods_supported`` (RFC 8414 §2) and ``authorization_response_iss_parameter_supported``
+(RFC 9207 §3).
 """
 
 from __future__ import annotations
@@ -36,13 +39,20 @@ def metadata(
         "authorization_endpoint": issuer + "/oauth/authorize",
         "jwks_uri": issuer + "/oauth/jwks",
         "grant_types_supported": list(grant_types),
-        # RFC 8414 §2 makes response_types_supported REQUIRED; no redirect-based grant is offered yet.
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
+        # RFC 8414 §2 makes response_types_supported REQUIRED: the code flow only, no implicit grant.
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        # RFC 7636 §4.2 / RFC 8414 §2: S256 only (plain is refused, RFC 9700 §2.1.1).
+        "code_challenge_methods_supported": ["S256"],
+        # RFC 9207 §3: every authorization response carries iss.
+        "authorization_response_iss_parameter_supported": True,
+        # Public clients (the MCP baseline: native and browser agents) authenticate with none + PKCE.
+        "token_endpoint_auth_methods_supported": [*AUTH_METHODS_SUPPORTED, "none"],
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "access_token_signing_alg_values_supported": list(signing_algs),
         "revocation_endpoint": issuer + "/oauth/revoke",
-        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
+        # RFC 7009 §2.1: public clients revoke their own tokens (refresh tokens above all) too.
+        "revocation_endpoint_auth_methods_supported": [*AUTH_METHODS_SUPPORTED, "none"],
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
         "introspection_endpoint": issuer + "/oauth/introspect",
         "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),

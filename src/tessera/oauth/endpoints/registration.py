@@ -65,6 +65,8 @@ def _only_narrows(client: Client, new: dict[str, Any]) -> None:
     for flag in ("may_delegate", "may_impersonate"):
         if new.get(flag) and not old.get(flag):
             widened.append(flag)
+    if not set(new.get("redirect_uris", [])) <= set(old.get("redirect_uris", [])):
+        widened.append("redirect_uris")  # a stolen registration token must not add the thief's redirect
     if new.get("federated_credentials") and new["federated_credentials"] != old.get("federated_credentials"):
         widened.append("federated_credentials")
     if widened:

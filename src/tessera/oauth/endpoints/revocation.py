@@ -15,14 +15,22 @@ client" — and the refusal is an audit record; nothing is revoked.
 successfully or if the client submitted an invalid token": a value that is not an access token this
 server signed, one it does not know, or one already revoked or expired, is answered 200 and changes
 nothing. A revoked token gets the Status Type INVALID: the next status list shows it.
+
+Refresh tokens (authorization code grant, docs/authorization-code.md): §2 "Implementations MUST
+support the revocation of refresh tokens". A refresh token revokes its whole family — the live refresh
+token and the access tokens issued with it (§2.1: "If the token passed to the request is a refresh
+token ... the authorization server SHOULD also invalidate all access tokens based on the same
+authorization grant"). Public clients (``none``) may revoke their own tokens (§2.1, §5).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from tessera.audit import AuditEvent
+from tessera.oauth.authcode import AuthCodeStore, digest
 from tessera.oauth.client_auth import ClientAuthenticator, assertion_replayed
 from tessera.oauth.errors import InvalidGrant, InvalidRequest, OAuthError
 from tessera.oauth.forms import Form
@@ -47,7 +55,11 @@ class RevocationEndpoint:
         revoker: TokenRevoker,
         assertions: AssertionRecorder,
         audit: AuditSink,
+        refresh: AuthCodeStore | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
+        self._refresh = refresh
+        self._now = now
         self._issuer = issuer
         self._authenticator = authenticator
         self._keys = keys
@@ -60,12 +72,25 @@ class RevocationEndpoint:
         """Revoke the token if it is the caller's; returns what was revoked (empty: nothing to do)."""
         client_id: str | None = None
         try:
-            authn = await self._authenticator.authenticate_confidential(headers, form)
+            if self._refresh is not None:
+                authn = await self._authenticator.authenticate(headers, form)
+            else:
+                authn = await self._authenticator.authenticate_confidential(headers, form)
             client_id = authn.client.client_id
             value = form.get("token")
             if not value:
                 raise InvalidRequest("token is required (RFC 7009 §2.1)")
             record = await self._find(value)
+            if record is None and self._refresh is not None and len(value) <= 256:
+                rt = await self._refresh.get_refresh(digest(value))
+                if rt is not None:
+                    if rt.client_id != client_id:
+                        raise InvalidGrant(
+                            "the token was issued to another client (RFC 7009 §2.1)", client_id=client_id
+                        )
+                    if authn.assertion is not None:
+                        await self._assertions.consume_assertion(authn.assertion)
+                    return await self._refresh.revoke_family(rt.family_id, client_id, int(self._now()), "rfc7009")
             if record is not None and record.client_id != client_id:
                 raise InvalidGrant("the token was issued to another client (RFC 7009 §2.1)", client_id=client_id)
             try:

@@ -24,6 +24,10 @@ __all__ = [
     "issued_tokens",
     "issuer_quarantines",
     "metadata",
+    "oauth_codes",
+    "oauth_grants",
+    "oauth_refresh_tokens",
+    "oauth_sessions",
     "outbox",
     "people",
     "rate_events",
@@ -310,6 +314,73 @@ flow_published = sa.Table(
     sa.Column("version", sa.String(80), nullable=False),
     sa.Column("published_at", sa.BigInteger, nullable=False),
     sa.Column("published_by", sa.String(256), nullable=False),
+)
+
+# The authorization code grant (tessera.oauth.authcode, docs/authorization-code.md). Secrets — sign-in
+# session cookies, codes, refresh tokens — are kept only as their SHA-256. A consent grant is what one
+# person allowed one client (scopes and resource); codes and refresh tokens hang off it, and revoking it
+# revokes them. ``family_id`` ties rotated refresh tokens together (reuse of a rotated one revokes all).
+oauth_sessions = sa.Table(
+    "oauth_sessions",
+    metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64)),
+    sa.Column("challenge", sa.String(64)),
+    sa.Column("acr", sa.String(64)),
+    sa.Column("auth_time", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+)
+oauth_grants = sa.Table(
+    "oauth_grants",
+    metadata,
+    sa.Column("grant_id", sa.String(64), primary_key=True),
+    sa.Column("person_id", sa.String(64), nullable=False, index=True),
+    sa.Column("client_id", sa.String(256), nullable=False, index=True),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("last_used_at", sa.BigInteger),
+    sa.Column("revoked_at", sa.BigInteger),
+)
+oauth_codes = sa.Table(
+    "oauth_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(256), nullable=False),
+    sa.Column("person_id", sa.String(64), nullable=False),
+    sa.Column("grant_id", sa.String(64), nullable=False, index=True),
+    sa.Column("redirect_uri", sa.Text, nullable=False),
+    sa.Column("redirect_uri_sent", sa.Boolean, nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("resource", sa.JSON, nullable=False),
+    sa.Column("code_challenge", sa.String(64), nullable=False),
+    sa.Column("acr", sa.String(64), nullable=False),
+    sa.Column("auth_time", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("used_at", sa.BigInteger),
+    sa.Column("family_id", sa.String(64)),
+    sa.Column("issued", sa.JSON),
+)
+oauth_refresh_tokens = sa.Table(
+    "oauth_refresh_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("family_id", sa.String(64), nullable=False, index=True),
+    sa.Column("grant_id", sa.String(64), nullable=False, index=True),
+    sa.Column("client_id", sa.String(256), nullable=False),
+    sa.Column("person_id", sa.String(64), nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("resource", sa.JSON, nullable=False),
+    sa.Column("acr", sa.String(64), nullable=False),
+    sa.Column("auth_time", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("family_expires_at", sa.BigInteger, nullable=False),
+    sa.Column("used_at", sa.BigInteger),
+    sa.Column("revoked_at", sa.BigInteger),
+    sa.Column("access_jti", sa.String(64)),
 )
 
 # Context alerts (``tessera.alerts``): the request contexts seen per client (source network, federated
