@@ -45,14 +45,19 @@ from tessera.oauth.keys import KeyRing
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.runtime import Runtime, client_policy, load_trusted_issuers, open_runtime, server_metadata
 from tessera.settings import load_settings
+from tessera.store.sql.approvals import SqlApprovalStore
 from tessera.store.sql.ciba import SqlCiba
 from tessera.store.sql.outbox import SqlOutbox
 
 from .body import read_body, read_json
 from .fastpath import TokenFastPath
+from .health import database_counts, healthz, readyz_endpoint
+from .metrics import ScrapeGauges, metrics, process_gauges
 from .outbound import GuardedTransport, JwksFetcher
 from .pages import page_routes
 from .responses import NO_STORE, json_response, oauth_error
+from .telemetry import Telemetry, configure_logging, metrics_endpoint
+from .tracing import tracer
 
 __all__ = ["KeyService", "build_app", "create_app"]
 
@@ -66,6 +71,7 @@ class KeyService:
         self._rt = runtime
         self.ring = KeyRing()
         self.jwks_body = b'{"keys":[]}'
+        self.records: list[Any] = []
         #: Called when the published keys changed (cached status lists are re-signed).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -77,6 +83,7 @@ class KeyService:
 
     def _set(self, records: list[Any]) -> None:
         ring = KeyRing.from_records(records, self._rt.kek, int(self._rt.clock.now()))
+        self.records = records
         changed = ring.jwks != self.ring.jwks
         self.ring = ring
         self.jwks_body = json.dumps(ring.jwks, separators=(",", ":")).encode()
@@ -179,6 +186,9 @@ def build_app(runtime: Runtime) -> Any:
             loop_ref[0].call_soon_threadsafe(outbox_worker.wake)
 
     approvals = approval_service(runtime, channels=set(channels), on_enqueue=wake_outbox)
+    m = metrics() if settings.metrics != "disabled" else None
+    if m is not None and isinstance(approvals.store, SqlApprovalStore):
+        approvals.store.on_commit = m.audit_events
     outbox = SqlOutbox(store.write_engine, store.now_ms)
     outbox_worker = OutboxWorker(
         outbox,
@@ -200,6 +210,8 @@ def build_app(runtime: Runtime) -> Any:
         flow_by_version=lambda v: flow_by_version(store, v),
     )
     flows.replace(published_flows(store))
+    if m is not None:
+        flows.on_decision = m.flow_decision
     flows_seen = [sorted(f.version for f in flows.flows)]
 
     async def reload_flows() -> None:
@@ -439,9 +451,6 @@ def build_app(runtime: Runtime) -> Any:
             return json_response(e.body(), 403, NO_STORE)
         return json_response(body, 200, NO_STORE)
 
-    async def healthz(request: Request) -> Response:
-        return json_response({"status": "ok"})
-
     async def checkpoints_background() -> None:
         """Signed checkpoints of the audit chain's head (tessera.audit.checkpoint)."""
         from tessera.runtime import audit_checkpoint
@@ -516,6 +525,11 @@ def build_app(runtime: Runtime) -> Any:
         Route(prefix + "/oauth/register", h(register), methods=["POST"]),
         Route(prefix + "/oauth/register/{client_id}", h(manage), methods=["GET", "PUT", "DELETE"]),
         Route(prefix + "/healthz", healthz, methods=["GET"]),
+        Route(
+            prefix + "/readyz",
+            readyz_endpoint(settings, store, lambda: (keys.ring, keys.records), clock.now),
+            methods=["GET"],
+        ),
         Mount(
             prefix + "/admin",
             app=AdminGate(
@@ -539,12 +553,26 @@ def build_app(runtime: Runtime) -> Any:
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.
         routes.append(Route("/.well-known/oauth-authorization-server" + prefix, well_known, methods=["GET"]))
+    if m is not None:
+        routes.append(Route(prefix + "/metrics", metrics_endpoint(settings, m), methods=["GET"]))
+        m.scrape_collectors = [
+            ScrapeGauges(
+                lambda: database_counts(store, store.now_ms),
+                lambda: process_gauges(clock.now(), keys.records, federation.keys_fetched_at()),
+            )
+        ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.keys = keys
-    return TokenFastPath(
-        app, path=prefix + "/oauth/token", endpoint=token_endpoint, max_body=settings.max_body_bytes, realm=realm
+    fast = TokenFastPath(
+        app,
+        path=prefix + "/oauth/token",
+        endpoint=token_endpoint,
+        max_body=settings.max_body_bytes,
+        realm=realm,
+        observe=m.token if m is not None else None,
     )
+    return Telemetry(fast, metrics=m, fast_paths=(prefix + "/oauth/token",), tracer=tracer(settings))
 
 
 def _path_prefix(issuer: str) -> str:
@@ -569,7 +597,7 @@ class RedactLinks(logging.Filter):
 def create_app() -> Any:
     """Factory for uvicorn (also used by each worker process): configuration from the environment."""
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings)
     logging.getLogger("uvicorn.access").addFilter(RedactLinks())
     for warning in settings.warnings():
         log.warning("%s", warning)

@@ -37,8 +37,19 @@ class _TooLarge(OAuthError):
 
 
 class TokenFastPath:
-    def __init__(self, app: ASGIApp, *, path: str, endpoint: TokenEndpoint, max_body: int, realm: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        path: str,
+        endpoint: TokenEndpoint,
+        max_body: int,
+        realm: str,
+        observe: Callable[[str | None, str | None], None] | None = None,
+    ) -> None:
         self._app = app
+        #: Told (grant_type, None) for each token issued and (grant_type, error code) for each refusal.
+        self._observe = observe or (lambda grant, error: None)
         self._path = path
         self._endpoint = endpoint
         self._max_body = max_body
@@ -54,6 +65,7 @@ class TokenFastPath:
                 send, 405, {"error": "invalid_request", "error_description": "use POST"}, [(b"allow", b"POST")]
             )
             return
+        grant: str | None = None
         try:
             headers: dict[str, str] = {}
             for name, value in scope["headers"]:
@@ -70,11 +82,15 @@ class TokenFastPath:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
                 raise InvalidRequest("the token request must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
-            result = await self._endpoint.handle(headers, parse_form(body))
+            form = parse_form(body)
+            grant = form.get("grant_type")
+            result = await self._endpoint.handle(headers, form)
+            self._observe(grant, None)
             nonce = self._endpoint.dpop_nonce() if "dpop" in headers else None
             # RFC 9449 §8: the server may supply the nonce for the next proof with a successful response.
             await self._respond(send, 200, result, [(b"dpop-nonce", nonce.encode())] if nonce else [])
         except OAuthError as e:
+            self._observe(grant, e.error)
             extra = [(b"www-authenticate", self._www_basic)] if isinstance(e, InvalidClient) else []
             if isinstance(e, UseDPoPNonce):
                 # RFC 9449 §8: use_dpop_nonce comes with exactly one DPoP-Nonce header.
@@ -82,6 +98,7 @@ class TokenFastPath:
             await self._respond(send, e.status_code, e.body(), extra)
         except Exception:
             log.exception("token endpoint failed")
+            self._observe(grant, "server_error")
             await self._respond(send, 500, {"error": "server_error"}, [])
 
     async def _read(self, headers: dict[str, str], receive: Receive) -> bytes:
