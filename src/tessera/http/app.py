@@ -482,6 +482,11 @@ def build_app(runtime: Runtime) -> Any:
             except Exception:
                 log.exception("background key refresh failed; serving with the keys loaded before")
 
+    async def metrics_background() -> None:
+        while m is not None:
+            await asyncio.sleep(1.0)
+            m.flush()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store.start()
@@ -493,6 +498,7 @@ def build_app(runtime: Runtime) -> Any:
             asyncio.create_task(approvals_background()),
             asyncio.create_task(checkpoints_background()),
             asyncio.create_task(outbox_worker.run(stop_outbox)),
+            asyncio.create_task(metrics_background()),
         ]
         log.info("Tessera serving issuer %s", issuer)
         try:
@@ -502,6 +508,8 @@ def build_app(runtime: Runtime) -> Any:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if m is not None:
+                m.flush()
             if allocator is not None:
                 await allocator.close()
             await fetch_jwks.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import itertools
 import logging
 import os
 import re
@@ -53,6 +54,10 @@ _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("tesser
 # What an inbound X-Request-Id may be: visible ASCII without quotes, spaces, or separators that
 # could forge a log field; at most 128 characters. Anything else is replaced by a generated id.
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+# Generated ids: a random per-process prefix and a counter (unique across processes and restarts
+# without a random draw per request), 24 hex digits.
+_ID_PREFIX = os.urandom(6).hex().encode()
+_ID_COUNTER = itertools.count(1)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
@@ -86,7 +91,7 @@ class Telemetry:
                     rid = value
                 break
         if rid is None:
-            rid = os.urandom(12).hex().encode()
+            rid = b"%s%012x" % (_ID_PREFIX, next(_ID_COUNTER))
         token = _REQUEST_ID.set(rid.decode())
         header = (b"x-request-id", rid)
         status = 500
@@ -157,6 +162,7 @@ def metrics_endpoint(settings: Settings, m: Metrics) -> Callable[[Request], Awai
             return json_response(
                 {"error": "forbidden", "error_description": "metrics are served to loopback only"}, 403
             )
+        m.flush()
         return Response(await render_async(m), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     return endpoint
@@ -166,10 +172,12 @@ def metrics_endpoint(settings: Settings, m: Metrics) -> Callable[[Request], Awai
 
 
 class Redact(logging.Filter):
-    """No secret in a log line: one-time link tokens in paths, and anything shaped like a compact JWS
-    (access tokens, ID tokens, client and subject assertions, DPoP proofs) are replaced."""
+    """No secret in a log line: one-time link tokens in paths, query values in access log lines, and
+    anything shaped like a compact JWS (access tokens, ID tokens, client and subject assertions,
+    DPoP proofs) are replaced."""
 
     _LINK = re.compile(r"/(approve|enrol)/[A-Za-z0-9_-]{8,}")
+    _QUERY = re.compile(r"([?&][^=&]*)=[^&]*")
     _JWS = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 
     def _clean(self, text: str) -> str:
@@ -180,6 +188,12 @@ class Redact(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            # (client, method, path with query, version, status): query values may be anything a
+            # careless client sent (a token, a secret), so only the parameter names are kept.
+            path = record.args[2]
+            if isinstance(path, str) and "?" in path:
+                record.args = (*record.args[:2], self._QUERY.sub(r"\1=…", path), *record.args[3:])
         if isinstance(record.args, tuple):
             record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
