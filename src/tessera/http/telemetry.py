@@ -109,13 +109,18 @@ class Telemetry:
                 await self._app(scope, receive, send_with_id)
             else:
                 with self._tracer.start_as_current_span(
-                    f"{scope['method']} {scope['path']}",
+                    scope["method"],
                     kind=_server_kind(),
                     attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
                 ) as span:
-                    await self._app(scope, receive, send_with_id)
-                    span.set_attribute("http.route", self._route(scope, root))
-                    span.set_attribute("http.response.status_code", status)
+                    try:
+                        await self._app(scope, receive, send_with_id)
+                    finally:
+                        # OpenTelemetry HTTP semantic conventions: the span is named by the route template.
+                        route = self._route(scope, root)
+                        span.update_name(f"{scope['method']} {route}")
+                        span.set_attribute("http.route", route)
+                        span.set_attribute("http.response.status_code", status)
         finally:
             _REQUEST_ID.reset(token)
             if self._metrics is not None:

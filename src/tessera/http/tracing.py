@@ -1,12 +1,13 @@
 """Optional OpenTelemetry traces (``otel = true``, the ``otel`` extra).
 
 Off by default. When on and ``opentelemetry-sdk`` is installed, the server makes spans around
-request handling (``Telemetry``), store transactions (SQLAlchemy's ``before/after_cursor_execute``
-is not used: one span per transaction of the group-commit writer and the approval store would need
-their code; the request span carries the whole), and outbound HTTP calls (an httpx event hook is
-not wired yet either). Spans go to the exporter the standard ``OTEL_*`` environment variables name
-(``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``...), through a batch processor; a
-program embedding Tessera may install its own ``TracerProvider`` first, which is then used as is.
+request handling (``Telemetry``: method, route template, status), store transactions
+(``store.transaction``, ``store.read``, ``store.group_commit`` with its batch size: ``tessera.spans``)
+and outbound HTTP calls through the guarded transport (trusted issuers' discovery and JWKS, client
+``jwks_uri``, CIBA pings, flow hooks: ``GET host``). Spans go to the exporter the standard ``OTEL_*``
+environment variables name (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``...), through a
+batch processor; a program embedding Tessera may install its own ``TracerProvider`` first, which is
+then used as is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tessera import spans
 from tessera.settings import Settings
 
 __all__ = ["tracer"]
@@ -36,7 +38,9 @@ def tracer(settings: Settings) -> Any:
         provider = TracerProvider()
         _exporter(provider)
         trace.set_tracer_provider(provider)
-    return trace.get_tracer("tessera")
+    tracer = trace.get_tracer("tessera")
+    spans.enable(tracer)
+    return tracer
 
 
 def _exporter(provider: Any) -> None:
