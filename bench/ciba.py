@@ -644,6 +644,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             value=c["cycles_per_s"],
             unit="cycles/s",
             baseline="client_credentials",
+            baseline_unit="req/s",
             baseline_value=b["rps"],
             ratio=c["cycles_per_s"] / b["rps"],
             note=f"a cycle costs {report['cycle_cpu_in_token_requests']:.1f} token requests of CPU",

@@ -655,6 +655,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 value=run["rps"],
                 unit="req/s",
                 baseline="crypto floor",
+                baseline_unit="ops/s",
                 baseline_value=floor,
                 ratio=run["rps"] / floor,
                 note=note,

@@ -72,6 +72,13 @@ def run(name: str, quick: bool, timeout: float) -> tuple[list[dict[str, Any]], s
     return rows, f"{took:.0f} s"
 
 
+def collect(name: str) -> tuple[list[dict[str, Any]], str]:
+    output = RESULTS / f"{name}.json"
+    if not output.exists():
+        return [], f"no results ({output.name})"
+    return importlib.import_module(name).summary_rows(json.loads(output.read_text())), "from results"
+
+
 def _num(value: float | None) -> str:
     if value is None:
         return "-"
@@ -95,7 +102,8 @@ def table(results: dict[str, tuple[list[dict[str, Any]], str]], quick: bool) -> 
         for r in rows:
             unit = r["unit"]
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-            base = f"{_num(r['baseline_value'])} {unit}" if r["baseline_value"] is not None else "-"
+            base_unit = r.get("baseline_unit", unit)
+            base = f"{_num(r['baseline_value'])} {base_unit}" if r["baseline_value"] is not None else "-"
             lines.append(
                 f"| {name} | {r['measure']} | {_num(r['value'])} {unit} | {r['baseline'] or '-'} | {base} "
                 f"| {ratio} | {r['note']} |"
@@ -119,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark")
+    parser.add_argument(
+        "--from-results", action="store_true", help="run nothing: the table from the JSON in bench/results/"
+    )
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -126,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(BENCH_DIR))
-    results = {name: run(name, args.quick, args.timeout) for name in names}
+    if args.from_results:
+        results = {name: collect(name) for name in names}
+    else:
+        results = {name: run(name, args.quick, args.timeout) for name in names}
     text = table(results, args.quick)
     (RESULTS / "summary.md").write_text(text)
     (RESULTS / "summary.json").write_text(
