@@ -216,6 +216,10 @@ def test_success_response_and_tokens(w: Ciba, jwks: dict[str, Any]) -> None:
     assert at["acr"] == idt["acr"] and at["auth_time"] == idt["auth_time"]
     info = w.introspect(c, body["access_token"])
     assert info["active"] is True and info["sub"] == "winner"
+    # Introspection tells a resource server who acts and how the person approved (RFC 8693 §4.1,
+    # RFC 9396 §9.2).
+    assert info["act"] == {"sub": c["client_id"]} and info["authorization_details"] == details
+    assert info["acr"] == at["acr"] and info["auth_time"] == at["auth_time"]
 
 
 def test_replay_is_refused_and_revokes_what_was_issued(w: Ciba) -> None:

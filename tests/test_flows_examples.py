@@ -31,12 +31,16 @@ def test_the_examples_cover_the_issue() -> None:
         "branch-workloads": "token.issue",
         "revocation-notice": "token.revoke",
         "quarantine": "token.issue",
+        "new-context-alert": "token.issue",
     }
     kinds = {f: [s.kind for s in flows[f].steps] for f in flows}
     assert kinds["agent-onboarding"] == ["require", "approve"]
     assert "approve" in kinds["payments-production"] and "limit" in kinds["payments-production"]
     assert flows["payments-production"].steps[1].spec["quorum"] == 2
     assert flows["branch-workloads"].grants == ("token_exchange",)
+    alert = flows["new-context-alert"].steps[0]
+    assert alert.kind == "notify" and alert.spec["owners"] is True
+    assert alert.spec["responses"] == ["acknowledge", "suspend", "revoke"]
 
 
 @pytest.mark.parametrize("grant", ["client_credentials", "token_exchange", "jwt_bearer", "ciba"])

@@ -390,6 +390,20 @@ def _bound_token(server: LiveServer, key: ec.EllipticCurvePrivateKey) -> str:
     return str(r.json()["access_token"])
 
 
+def test_introspection_of_a_bound_token_says_dpop_and_its_key(server: LiveServer) -> None:
+    """RFC 9449 §6.2: the introspection response carries ``cnf.jkt`` and token type DPoP."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = _bound_token(server, key)
+    rs = server.register(scope="introspect")
+    r = httpx.post(
+        server.issuer + "/oauth/introspect", data={"token": token}, auth=(rs["client_id"], rs["client_secret"])
+    )
+    assert r.status_code == 200, r.text
+    info = r.json()
+    assert info["active"] is True and info["token_type"] == "DPoP"
+    assert info["cnf"] == {"jkt": _claims(token)["cnf"]["jkt"]}
+
+
 def _verifier(server: LiveServer) -> Verifier:
     return Verifier(server.issuer, audiences=[server.issuer], background_refresh=False)
 

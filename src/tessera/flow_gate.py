@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from tessera.approvals.errors import ApprovalError
 from tessera.approvals.service import ApprovalService
 from tessera.audit import AuditEvent
+from tessera.incidents import ContextWatch, Incidents, attributes_digest, network_of
 from tessera.oauth.errors import (
     AccessDenied,
     AuthorizationPending,
@@ -80,7 +81,12 @@ class FlowGate:
         now: Callable[[], float],
         hooks: httpx.AsyncClient,
         flow_by_version: Callable[[str], Flow | None],
+        incidents: Incidents | None = None,
+        watch: ContextWatch | None = None,
     ) -> None:
+        self._incidents = incidents
+        self._watch = watch
+        self._watching = False
         self._store = store
         self._approvals = approvals
         self._now = now
@@ -118,13 +124,17 @@ class FlowGate:
         self._approving = any(step.kind == "approve" for f in flows for step in f.steps)
         self._open = self._open_flow_approvals()
         self._metadata = any("client.metadata" in json.dumps(dict(f.document)) for f in flows)
+        # The request's context (source network, federated attributes, hour) is watched per client only
+        # when a flow reads what is new about it.
+        self._watching = self._watch is not None and any("source.new" in json.dumps(dict(f.document)) for f in flows)
         issue = [f for f in flows if f.on == "token.issue"]
         every = ("client_credentials", "token_exchange", "jwt_bearer", "ciba")
         self._grants = {g for g in every for f in issue if f.applies_to_grant(g)}
 
     def applies(self, grant: str, client_metadata: Mapping[str, Any] | None = None) -> bool:
         return grant in self._grants or bool(
-            client_metadata and ("onboarding" in client_metadata or "quarantined" in client_metadata)
+            client_metadata
+            and ("onboarding" in client_metadata or "quarantined" in client_metadata or "suspended" in client_metadata)
         )
 
     # -- client.register -------------------------------------------------------------------------------
@@ -198,7 +208,12 @@ class FlowGate:
         raise AuthorizationPending(f"the client's onboarding awaits approval ({', '.join(ids)})")
 
     async def _quarantine(self, ctx: IssuanceContext) -> IssuanceContext:
-        """An incident quarantine blocks new issuance until an approval revalidates the client."""
+        """An incident quarantine blocks new issuance until an approval revalidates the client; a
+        suspension (an alert's answer, docs/alerts.md) until its owners resume it."""
+        suspended = ctx.client_metadata.get("suspended")
+        if suspended:
+            alert = suspended.get("alert", "") if isinstance(suspended, dict) else ""
+            raise UnauthorizedClient(f"the client is suspended (alert {alert}); its owners can resume it")
         marker = ctx.client_metadata.get("quarantined")
         if not marker:
             return ctx
@@ -255,8 +270,19 @@ class FlowGate:
             },
             "federation": dict(ctx.federation or {}),
             "person": {"id": ctx.person} if ctx.person else {},
-            "source": {"hour": (now // 3600) % 24},
+            "source": {
+                "hour": (now // 3600) % 24,
+                "ip": ctx.source_ip or "",
+                "network": network_of(ctx.source_ip) or "",
+            },
         }
+        if self._watching and self._watch is not None:
+            features = {
+                "network": context["source"]["network"] or None,
+                "attributes": attributes_digest(ctx.federation),
+                "hour": str(context["source"]["hour"]),
+            }
+            context["source"]["new"] = await asyncio.to_thread(self._watch.observe, ctx.client_id, features)
         decision, pending_ids = await self._run("token.issue", ctx, context, ctx.grant)
         if decision.outcome == "deny":
             error = _DENY.get(ctx.grant, AccessDenied)
@@ -329,7 +355,7 @@ class FlowGate:
             if used:
                 await asyncio.to_thread(self._consume, used)
             if decision.notices:
-                await asyncio.to_thread(self._notify, decision, ctx)
+                await asyncio.to_thread(self._notify, decision, ctx, context)
         return decision, pending_ids
 
     # -- credential.rotate and token.revoke --------------------------------------------------------------
@@ -436,8 +462,34 @@ class FlowGate:
                     .values(origin=sa.func.replace(approval_requests.c.origin, "flow:", "flow-used:"))
                 )
 
-    def _notify(self, decision: Decision, ctx: IssuanceContext) -> None:
+    def _notify(self, decision: Decision, ctx: IssuanceContext, context: Mapping[str, Any]) -> None:
         for n in decision.notices:
+            source = context.get("source", {})
+            if n.responses and self._incidents is not None:
+                shown = {
+                    "network": source.get("network"),
+                    "ip": source.get("ip"),
+                    "hour": source.get("hour"),
+                    "attributes": dict(ctx.federation.get("attributes", {})) if ctx.federation else {},
+                    "grant": ctx.grant,
+                    "subject": ctx.subject,
+                    "scope": list(ctx.scope),
+                }
+                try:
+                    self._incidents.open_alert(
+                        ctx.client_id,
+                        dict(source.get("new") or {}),
+                        redact(shown),
+                        people=list(n.people),
+                        groups=list(n.groups),
+                        owners=n.owners,
+                        responses=n.responses,
+                        message=n.message,
+                        origin=f"{n.flow}/{n.step}@{dict(decision.flows).get(n.flow, '')}",
+                    )
+                except ApprovalError as e:
+                    log.warning("flow alert %s/%s not sent: %s", n.flow, n.step, e.description)
+                continue
             try:
                 self._approvals.notify(
                     list(n.people),
@@ -446,6 +498,7 @@ class FlowGate:
                     text=f"{n.message}\n\nClient: {ctx.client_id}\nGrant: {ctx.grant}\nScope: {' '.join(ctx.scope)}\n"
                     f"Audience: {', '.join(ctx.audience)}\nFlow: {n.flow}/{n.step}",
                     ref=f"{n.flow}/{n.step}",
+                    owners_of=ctx.client_id if n.owners else None,
                 )
             except ApprovalError as e:
                 log.warning("flow notice %s/%s not sent: %s", n.flow, n.step, e.description)

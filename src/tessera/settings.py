@@ -263,6 +263,27 @@ class Settings(BaseModel):
     outbox_max_attempts: int = Field(
         8, ge=1, le=50, description="Delivery attempts of one message before it is dead-lettered."
     )
+    flow_publish_approval: dict[str, Any] | None = Field(
+        None,
+        description="Who must approve every flow publication and rollback: {groups, approvers, quorum, assurance, "
+        "ttl} as in an approval request (docs/flows.md). Unset: only a publication that would turn recorded "
+        "denials into allows on a high-risk trigger needs an approval, and then this must be set.",
+    )
+    context_learning_period: int = Field(
+        7 * 86400,
+        ge=0,
+        le=365 * 86400,
+        description="Seconds a client is watched before an hour of day never seen for it counts as new "
+        "(source.new.hour; docs/alerts.md). A new network or federated attributes count at once.",
+    )
+    alert_link_ttl: int = Field(
+        7 * 86400, ge=600, le=30 * 86400, description="Lifetime of an alert's response links, in seconds."
+    )
+    alert_response_assurance: str = Field(
+        "aal1",
+        pattern="^aal[123]$",
+        description="Assurance an owner's answer to an alert needs (acknowledge, suspend, resume, revoke).",
+    )
     audit_checkpoint_interval: int = Field(
         3600,
         ge=0,
@@ -440,7 +461,14 @@ def _env_value(name: str, raw: str, annotation: Any) -> Any:
     if name in ("signing_algs",):
         raw = raw.strip()
         return json.loads(raw) if raw.startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
-    if name in ("clients", "trusted_issuers", "people", "webhooks", "authorization_details_types"):
+    if name in (
+        "clients",
+        "trusted_issuers",
+        "people",
+        "webhooks",
+        "authorization_details_types",
+        "flow_publish_approval",
+    ):
         return json.loads(raw)
     return raw
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,8 @@ from .records import (
 from .transaction import Transaction, approval_challenge, check_code, tx_hash_of
 
 __all__ = ["ApprovalConfig", "ApprovalService", "LinkView", "hash_token", "reason_text"]
+
+log = logging.getLogger("tessera.approvals")
 
 WINDOW_MS = 60_000
 
@@ -129,6 +132,9 @@ class ApprovalService:
         self.config = config
         self.now = now
         self.on_enqueue = on_enqueue
+        #: called with (request id, outcome, origin) after a request is decided (approved or denied),
+        #: outside the deciding transaction; the owners of an origin (alerts, quarantines) act on it
+        self.decided_hooks: list[Callable[[str, str, str | None], None]] = []
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _now(self) -> int:
@@ -265,8 +271,22 @@ class ApprovalService:
         self.store.run(work)
         self.on_enqueue()
 
-    def notify(self, people: list[str], groups: list[str], *, subject: str, text: str, ref: str) -> list[str]:
-        """A notice (no link, nothing to approve) to the named people and group members, on their channels."""
+    def notify(
+        self,
+        people: list[str],
+        groups: list[str],
+        *,
+        subject: str,
+        text: str,
+        ref: str,
+        owners_of: str | None = None,
+        kind: str = "flow.notice",
+        also: Callable[[ApprovalTx], None] | None = None,
+        each: Callable[[ApprovalTx, Person], tuple[str, dict[str, Any]]] | None = None,
+    ) -> list[str]:
+        """A notice (nothing to approve) to the named people, group members and (``owners_of``) the
+        owners of a principal, on their channels. ``also(tx)`` runs in the same transaction; ``each(tx,
+        person)`` adds text and data of that person's own (an alert's response link)."""
         now = self._now()
 
         def work(tx: ApprovalTx) -> list[str]:
@@ -274,18 +294,26 @@ class ApprovalService:
             targets = [
                 r.person
                 for r in tx.list_people()
-                if not r.person.disabled and (r.person.person_id in wanted or groupset.intersection(r.person.groups))
+                if not r.person.disabled
+                and (
+                    r.person.person_id in wanted
+                    or groupset.intersection(r.person.groups)
+                    or (owners_of is not None and owners_of in r.person.owns)
+                )
             ]
+            if also is not None:
+                also(tx)
+            extra = {p.person_id: each(tx, p) if each is not None else ("", {}) for p in targets}
             self._limit(tx, {f"person:{p.person_id}": len(p.channels) for p in targets}, now, "flows", ref)
             messages = [
                 Message(
                     id=new_message_id(),
                     channel=channel,
-                    kind="flow.notice",
+                    kind=kind,
                     recipient=p.email if channel == "email" and p.email else p.person_id,
                     subject=subject[:200],
-                    text=f"{p.name},\n\n{text}",
-                    data={"person_id": p.person_id, "ref": ref},
+                    text=f"{p.name},\n\n{text}{extra[p.person_id][0]}",
+                    data={"person_id": p.person_id, "ref": ref, **extra[p.person_id][1]},
                     ref=ref,
                     created_at=now,
                 )
@@ -474,9 +502,12 @@ class ApprovalService:
         self_service: bool = False,
         on_decision: Message | None = None,
         also: Callable[[ApprovalTx, str], None] | None = None,
+        deliver: bool = True,
     ) -> dict[str, Any]:
         """Open a request. ``on_decision`` is sent (through the outbox) when it is approved or denied;
-        ``also(tx, request_id)`` runs in the same transaction (CIBA stores its own record there)."""
+        ``also(tx, request_id)`` runs in the same transaction (CIBA stores its own record there).
+        ``deliver=False``: the links are not sent but returned (``links``: person → URL) to a caller
+        that has just authenticated that person's link of its own (an alert's response page)."""
         if not isinstance(body, dict):
             raise InvalidApprovalRequest("the approval request is a JSON object")
         now = self._now()
@@ -566,23 +597,33 @@ class ApprovalService:
                     },
                 )
             )
-            self._send_links(tx, rec, eligible, now)
+            links = self._send_links(tx, rec, eligible, now, deliver)
             if also is not None:
                 also(tx, request_id)
-            return self._view(rec, [], excluded)
+            view = self._view(rec, [], excluded)
+            if not deliver:
+                view["links"] = links
+            return view
 
         out = self.store.run(work)
         self.on_enqueue()
         return out
 
-    def _send_links(self, tx: ApprovalTx, rec: RequestRecord, people: Sequence[Person], now: int) -> None:
+    def _send_links(
+        self, tx: ApprovalTx, rec: RequestRecord, people: Sequence[Person], now: int, deliver: bool = True
+    ) -> dict[str, str]:
+        links: dict[str, str] = {}
         for person in people:
             token = secrets.token_urlsafe(32)
             expires = min(now + self.config.link_ttl, rec.expires_at)
             tx.insert_link(
                 LinkRecord(hash_token(token), rec.request_id, person.person_id, None, 0, now, expires, None, None, None)
             )
-            self._send(tx, approval_message(person, rec.tx, rec.tx_hash, self._link_url(token), expires, now), now)
+            if deliver:
+                self._send(tx, approval_message(person, rec.tx, rec.tx_hash, self._link_url(token), expires, now), now)
+            else:
+                links[person.person_id] = self._link_url(token)
+        return links
 
     def _view(
         self, rec: RequestRecord, votes: list[VoteRecord], excluded: dict[str, str] | None = None
@@ -981,9 +1022,22 @@ class ApprovalService:
                 self._notify_decision(tx, rec, now)
             view = self._view(rec, votes)
             view["counted"] = counted
+            view["origin"] = rec.origin
             return view
 
-        return self.store.run(work)
+        view = self.store.run(work)
+        if view["status"] in ("approved", "denied"):
+            self.run_decided_hooks(view["request_id"], view["status"], view["origin"])
+        view.pop("origin")
+        return view
+
+    def run_decided_hooks(self, request_id: str, outcome: str, origin: str | None) -> None:
+        for hook in self.decided_hooks:
+            try:
+                hook(request_id, outcome, origin)
+            except Exception:
+                # The decision stands (it is committed); the owner of the origin retries from its sweep.
+                log.exception("acting on the decision of %s failed", request_id)
 
     def _notify_decision(self, tx: ApprovalTx, rec: RequestRecord, now: int) -> None:
         note = rec.policy.on_decision

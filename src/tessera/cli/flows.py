@@ -192,15 +192,18 @@ def flows_diff(directory: Path) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
     "--approval",
-    help="An approved approval request (tessera approvals create …) that allows publishing flows which "
-    "would turn recorded denials into allows on a high-risk trigger.",
+    help="The approved approval request this publication opened earlier (it covers exactly these versions "
+    "and is used once).",
 )
 def flows_publish(directory: Path, tag: str | None, yes: bool, approval: str | None) -> None:
     """Validate and test DIRECTORY, then make its flows the ones in force (audited flow.published).
 
     Refused when a flow is invalid or a test fails. Flows in force that DIRECTORY does not name stay.
+    When TESSERA_FLOW_PUBLISH_APPROVAL is set, or recorded denials on a high-risk trigger would become
+    allows, the first run opens an approval request and exits with status 3; once it is approved, run
+    again with --approval REQUEST_ID.
     """
-    from tessera.flow_runtime import publish
+    from tessera.flow_runtime import PublicationRefused, publish
 
     found, problems = _load(directory)
     if problems:
@@ -224,25 +227,48 @@ def flows_publish(directory: Path, tag: str | None, yes: bool, approval: str | N
         if report.total:
             click.echo(report.render())
         opened = report.high_risk_opened
-        if opened:
-            from tessera.approval_runtime import approval_service
-
-            status = None
-            if approval:
-                try:
-                    status = approval_service(rt).get_request(approval)["status"]
-                except Exception:
-                    status = None
-            if status != "approved":
-                fail(
-                    f"not published: {len(opened)} recorded denial(s) on a high-risk trigger would be allowed; "
-                    "publish with --approval <an approved approval request>"
-                )
-            click.echo(f"{len(opened)} denial(s) would become allows: publishing under approval {approval}")
+        needed = rt.settings.flow_publish_approval is not None or bool(opened)
+        why = (
+            f"{len(opened)} recorded denial(s) on a high-risk trigger would be allowed"
+            if opened
+            else "publications need an approval (TESSERA_FLOW_PUBLISH_APPROVAL)"
+        )
+        if needed and not approval:
+            _ask_approval(rt, "publish", [(f.id, f.version) for f in found], why)
+        if not needed:
+            approval = None
         if not yes:
             click.confirm("publish these flows?", abort=True)
-        for c in publish(rt, found, ACTOR, tag=tag):
+        try:
+            changes = publish(rt, found, ACTOR, tag=tag, approval=approval)
+        except PublicationRefused as e:
+            fail(f"not published: {e}")
+        if approval:
+            click.echo(f"published under approval {approval} ({why})")
+        for c in changes:
             click.echo(f"published {c['flow']} {c['version']} (was {c['previous'] or 'not published'})")
+
+
+def _ask_approval(rt: Runtime, kind: str, pairs: list[tuple[str, str]], why: str) -> None:
+    """Open the approval request this change needs, say how to go on, exit 3 (nothing changed)."""
+    from tessera.approvals.errors import ApprovalError
+    from tessera.flow_runtime import request_publication_approval
+
+    done = {"publish": "published", "rollback": "rolled back"}[kind]
+    if rt.settings.flow_publish_approval is None:
+        fail(
+            f"not {done}: {why}; set TESSERA_FLOW_PUBLISH_APPROVAL (who approves flow changes), "
+            f"run again to open the approval request, then {kind} with --approval <its id>"
+        )
+    try:
+        view = request_publication_approval(rt, kind, pairs, ACTOR, why)
+    except ApprovalError as e:
+        fail(f"not {done}: the approval request cannot be opened: {e.description}")
+    click.echo(f"approval requested: {view['request_id']} (check code {view['check_code']}; {why})")
+    fail(
+        f"not {done} yet: once {view['request_id']} is approved, run again with --approval {view['request_id']}",
+        code=3,
+    )
 
 
 def _replay(rt: Runtime, candidate: Sequence[Flow], limit: int | None) -> Any:
@@ -317,15 +343,24 @@ def flows_replay(directory: Path, limit: int | None, as_json: bool) -> None:
 @flows.command("rollback")
 @click.argument("flow_id")
 @click.option("--to", "version", help="The stored version to publish again (default: the one before).")
-def flows_rollback(flow_id: str, version: str | None) -> None:
-    """Publish an earlier stored version of FLOW_ID again (audited flow.rolled_back)."""
-    from tessera.flow_runtime import rollback
+@click.option("--approval", help="The approved approval request this rollback opened earlier (used once).")
+def flows_rollback(flow_id: str, version: str | None, approval: str | None) -> None:
+    """Publish an earlier stored version of FLOW_ID again (audited flow.rolled_back). Under
+    TESSERA_FLOW_PUBLISH_APPROVAL the first run opens an approval request (exit status 3)."""
+    from tessera.flow_runtime import PublicationRefused, rollback, rollback_target
 
     with _runtime() as rt:
         try:
-            c = rollback(rt, flow_id, version, ACTOR)
+            target = rollback_target(rt, flow_id, version)
+            if rt.settings.flow_publish_approval is None:
+                approval = None
+            elif not approval:
+                _ask_approval(rt, "rollback", [(flow_id, target)], f"roll {flow_id} back to {target[:22]}")
+            c = rollback(rt, flow_id, target, ACTOR, approval=approval)
         except LookupError as e:
             fail(str(e.args[0] if e.args else e))
+        except PublicationRefused as e:
+            fail(f"not rolled back: {e}")
     click.echo(f"rolled back {c['flow']} to {c['version']} (was {c['previous'] or 'not published'})")
 
 

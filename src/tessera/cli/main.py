@@ -10,10 +10,12 @@ import os
 
 import click
 
+from tessera.cli.alerts import alerts
 from tessera.cli.approvals import approvals, outbox, people
 from tessera.cli.audit import audit
 from tessera.cli.clients import clients
 from tessera.cli.common import Group, echo_json, runtime
+from tessera.cli.demo import demo
 from tessera.cli.flows import flows
 from tessera.cli.issuers import issuers
 from tessera.cli.keys import keys
@@ -121,5 +123,20 @@ def db_upgrade() -> None:
 
 # -- clients -------------------------------------------------------------------------------------------
 
-for command in (clients, issuers, keys, tokens, token, bundle, audit, verify_token, people, approvals, outbox, flows):
+for command in (
+    clients,
+    issuers,
+    keys,
+    tokens,
+    token,
+    bundle,
+    audit,
+    verify_token,
+    people,
+    approvals,
+    outbox,
+    flows,
+    alerts,
+):
     main.add_command(command)
+main.add_command(demo)

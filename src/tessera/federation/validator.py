@@ -114,6 +114,8 @@ class IssuerRegistry:
         self._by_domain: dict[str, TrustedIssuer] = {}
         self._transport = transport
         self._policy = (keys_ttl, keys_max_stale, unknown_kid_cooldown)
+        #: the names of the trusted issuers under an incident quarantine (tessera.incidents), if any
+        self.quarantined: Callable[[], frozenset[str]] | None = None
         self.replace(issuers)
 
     @property
@@ -219,6 +221,8 @@ class IssuerRegistry:
         if trust is None:
             raise FederationRefused("the token's issuer is not trusted")
         name = trust.name
+        if self.quarantined is not None and name in self.quarantined():
+            raise FederationRefused("the token's issuer is quarantined (an incident response)", trust=name)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in trust.algorithms:
             raise FederationRefused("the token's algorithm is not allowed for its issuer", trust=name)

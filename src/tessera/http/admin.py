@@ -29,10 +29,12 @@ from tessera.runtime import Runtime, client_policy, delete_trusted_issuer, put_t
 from tessera.store.sql import repo
 
 from .admin_approvals import add_approval_routes
+from .admin_incidents import add_incident_routes
 
 if TYPE_CHECKING:
     from tessera.approvals.service import ApprovalService
     from tessera.http.app import KeyService
+    from tessera.incidents import Incidents
     from tessera.store.sql.outbox import SqlOutbox
 
 __all__ = ["admin_app"]
@@ -49,6 +51,7 @@ def admin_app(
     outbox: SqlOutbox | None = None,
     registration_flows: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None,
     operation_flows: Callable[..., Awaitable[None]] | None = None,
+    incidents: Incidents | None = None,
 ) -> FastAPI:
     """``invalidate_status_lists`` is told which status lists a revocation changed (None: all of them)."""
     settings, store = runtime.settings, runtime.store
@@ -160,9 +163,11 @@ def admin_app(
         client = _changeable(client_id)
         metadata.pop("client_id", None)
         md = validate_metadata(metadata, client_policy(settings))
-        if "quarantined" in client.metadata:
-            # A quarantine ends only through its lift approval (POST /clients/{id}/quarantine/lift).
-            md["quarantined"] = client.metadata["quarantined"]
+        for marker in ("quarantined", "suspended"):
+            # A quarantine ends only through its lift approval (POST /clients/{id}/quarantine/lift), a
+            # suspension through its alert's answer (resume).
+            if marker in client.metadata:
+                md[marker] = client.metadata[marker]
         secret = None
         secret_hash = client.secret_hash
         if md["token_endpoint_auth_method"] in ("client_secret_basic", "client_secret_post"):
@@ -374,6 +379,14 @@ def admin_app(
 
     if approvals is not None and outbox is not None:
         add_approval_routes(app, approvals, outbox, admin, _get, set_quarantine)
+    if incidents is not None:
+        add_incident_routes(
+            app,
+            incidents,
+            admin,
+            incidents.issuer_exists,
+            issuers_changed,
+        )
 
     def openapi() -> dict[str, Any]:
         """The generated document, told the truth about errors: 400/401/403 with the error body, never 422."""

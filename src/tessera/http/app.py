@@ -25,6 +25,7 @@ from tessera.channels.outbox import OutboxWorker, RetryPolicy
 from tessera.federation.validator import IssuerRegistry
 from tessera.flow_gate import FlowGate
 from tessera.flow_runtime import flow_by_version, published_flows
+from tessera.incidents import ContextWatch, Incidents
 from tessera.oauth.client_auth import ClientAuthenticator
 from tessera.oauth.dpop import DPoPChecker, nonce_secret
 from tessera.oauth.endpoints.backchannel import BackchannelEndpoint, CibaPolicy
@@ -202,12 +203,30 @@ def build_app(runtime: Runtime) -> Any:
     hook_client = httpx.AsyncClient(
         transport=GuardedTransport(set, allow_private=settings.dev_mode), follow_redirects=False
     )
+
+    def status_changed() -> None:
+        # The status lists show a suspension (or its end) at once in this process.
+        if loop_ref:
+            loop_ref[0].call_soon_threadsafe(status_lists.invalidate, None)
+
+    incidents = Incidents(
+        store,
+        approvals,
+        issuer=issuer,
+        now=clock.now,
+        link_ttl=settings.alert_link_ttl,
+        assurance=settings.alert_response_assurance,
+        status_changed=status_changed,
+    )
+    federation.quarantined = incidents.quarantined_issuers
     flows = FlowGate(
         store=store,
         approvals=approvals,
         now=clock.now,
         hooks=hook_client,
         flow_by_version=lambda v: flow_by_version(store, v),
+        incidents=incidents,
+        watch=ContextWatch(store, clock.now, learning_period=settings.context_learning_period),
     )
     flows.replace(published_flows(store))
     if m is not None:
@@ -468,6 +487,7 @@ def build_app(runtime: Runtime) -> Any:
             await asyncio.sleep(2.0)
             try:
                 await asyncio.to_thread(approvals.expire_due)
+                await asyncio.to_thread(incidents.sweep)
             except Exception:
                 log.exception("expiring approval requests failed; retrying")
 
@@ -551,13 +571,20 @@ def build_app(runtime: Runtime) -> Any:
                     outbox=outbox,
                     registration_flows=flows.check_registration,
                     operation_flows=flows.check_operation,
+                    incidents=incidents,
                 ),
                 settings.admin_token,
                 settings.max_body_bytes,
             ),
         ),
     ]
-    routes += page_routes(approvals, prefix=prefix, csrf_key=csrf_key, secure_cookies=issuer.startswith("https://"))
+    routes += page_routes(
+        approvals,
+        prefix=prefix,
+        csrf_key=csrf_key,
+        secure_cookies=issuer.startswith("https://"),
+        incidents=incidents,
+    )
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.
         routes.append(Route("/.well-known/oauth-authorization-server" + prefix, well_known, methods=["GET"]))
@@ -592,7 +619,7 @@ def _path_prefix(issuer: str) -> str:
 class RedactLinks(logging.Filter):
     """Access logs (debug level) never show a one-time token: ``/approve/<token>`` → ``/approve/…``."""
 
-    _PATH = re.compile(r"/(approve|enrol)/[A-Za-z0-9_-]+")
+    _PATH = re.compile(r"/(approve|enrol|alert)/[A-Za-z0-9_-]+")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

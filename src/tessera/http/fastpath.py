@@ -84,7 +84,8 @@ class TokenFastPath:
                 raise InvalidRequest("the token request must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
             form = parse_form(body)
             grant = form.get("grant_type")
-            result = await self._endpoint.handle(headers, form)
+            peer = scope.get("client")
+            result = await self._endpoint.handle(headers, form, peer[0] if peer else None)
             self._observe(grant, None)
             nonce = self._endpoint.dpop_nonce() if "dpop" in headers else None
             # RFC 9449 §8: the server may supply the nonce for the next proof with a successful response.

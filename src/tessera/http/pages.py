@@ -21,11 +21,12 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from tessera.approvals.errors import ApprovalError, LinkUnusable, ProofRefused
 from tessera.approvals.service import ApprovalService, LinkView, hash_token, reason_text
+from tessera.incidents import AlertError, Incidents
 
 from .body import read_body
 
@@ -54,7 +55,22 @@ def _when(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def page_routes(service: ApprovalService, *, prefix: str, csrf_key: bytes, secure_cookies: bool) -> list[Route]:
+_LABELS = {
+    "acknowledge": "Acknowledge: this is expected",
+    "suspend": "Suspend the client",
+    "resume": "Resume (un-suspend) the client",
+    "revoke": "Revoke its tokens and quarantine it",
+}
+
+
+def page_routes(
+    service: ApprovalService,
+    *,
+    prefix: str,
+    csrf_key: bytes,
+    secure_cookies: bool,
+    incidents: Incidents | None = None,
+) -> list[Route]:
     env = Environment(
         loader=FileSystemLoader(UI / "templates"), autoescape=select_autoescape(["html"]), auto_reload=False
     )
@@ -196,6 +212,35 @@ def page_routes(service: ApprovalService, *, prefix: str, csrf_key: bytes, secur
             return render("gone.html", e.status, what="approval", reason=e.code, message=e.description)
         return render("decided.html", decision=decision, result=result)
 
+    # -- alerts (tessera.incidents): the answer becomes an approval for this person alone ------------------
+    async def alert_get(request: Request, token: str) -> Response:
+        assert incidents is not None
+        alert, _person = await run_in_threadpool(incidents.open_link, token)
+        cookie, fresh = session(request)
+        return render(
+            "alert.html",
+            200,
+            cookie if fresh else None,
+            alert=alert,
+            labels=_LABELS,
+            csrf=csrf_for(cookie, token),
+            action=f"{prefix}/alert/{token}",
+        )
+
+    async def alert_post(request: Request, token: str) -> Response:
+        assert incidents is not None
+        fields = await form(request)
+        check_csrf(request, token, fields.get("csrf"))
+        try:
+            url = await run_in_threadpool(incidents.start_response, token, fields.get("response", ""))
+        except AlertError as e:
+            return render("gone.html", 409, what="alert", reason="not_now", message=str(e))
+        except LinkUnusable:
+            raise
+        except ApprovalError as e:
+            return render("gone.html", e.status, what="alert", reason=e.code, message=e.description)
+        return RedirectResponse(url, status_code=303, headers=PAGE_HEADERS)
+
     # -- enrolment ---------------------------------------------------------------------------------------
     def enrol_page(token: str, cookie: str, fresh: bool, error: str | None = None, **extra: Any) -> HTMLResponse:
         person, auths, expires = service.open_enrolment(token)
@@ -264,7 +309,16 @@ def page_routes(service: ApprovalService, *, prefix: str, csrf_key: bytes, secur
             headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
         )
 
+    alert_routes = (
+        [
+            Route(prefix + "/alert/{token}", guarded(alert_get, "alert"), methods=["GET"]),
+            Route(prefix + "/alert/{token}", guarded(alert_post, "alert"), methods=["POST"]),
+        ]
+        if incidents is not None
+        else []
+    )
     return [
+        *alert_routes,
         Route(prefix + "/approve/{token}", guarded(approve_get, "approval"), methods=["GET"]),
         Route(prefix + "/approve/{token}", guarded(approve_post, "approval"), methods=["POST"]),
         Route(prefix + "/approve/{token}/options", guarded(approve_options, "approval"), methods=["POST"]),

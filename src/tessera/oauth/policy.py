@@ -26,6 +26,8 @@ class IssuanceContext:
     authorization_details: list[Any] = field(default_factory=list)
     federation: Mapping[str, Any] | None = None
     person: str | None = None
+    #: the caller's IP address (flows read it as ``source.ip``; context alerts watch its network)
+    source_ip: str | None = None
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,10 @@ class Notice:
     people: tuple[str, ...]
     groups: tuple[str, ...]
     message: str
+    #: also the people who own the client (``owns`` in their record)
+    owners: bool = False
+    #: an alert: the recipients may answer with these (acknowledge, suspend, revoke); docs/alerts.md
+    responses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,8 @@ def _step(flow: Flow, step: Step, act: Any, recorded: Recorded, run: _Run) -> st
                 tuple(step.spec.get("people", ())),
                 tuple(step.spec.get("groups", ())),
                 str(step.spec.get("message", "")),
+                bool(step.spec.get("owners", False)),
+                tuple(step.spec.get("responses", ())),
             )
         )
         trace("notified")

@@ -31,7 +31,7 @@ _FIELDS = {
     "request": {"grant", "scope", "audience", "lifetime", "authorization_details", "selector", "via"},
     "federation": {"issuer", "subject", "claims", "attributes", "trust"},
     "person": {"id", "groups"},
-    "source": {"ip", "hour", "new"},
+    "source": {"ip", "network", "hour", "new"},
 }
 _REFERENCE = re.compile(r"\b(client|request|federation|person|source)\.([A-Za-z_][A-Za-z0-9_]*)")
 

@@ -85,4 +85,11 @@ class IntrospectionEndpoint:
         }
         if record.scope:
             body["scope"] = record.scope
+        # What the token itself says about who and how: RFC 8693 §4.1 act (delegation), RFC 9396 §9.2
+        # authorization_details, OpenID Connect acr/auth_time (CIBA, approvals), RFC 9449 §6.2 cnf.
+        for name in ("act", "authorization_details", "acr", "auth_time", "cnf"):
+            if name in claims:
+                body[name] = claims[name]
+        if isinstance(claims.get("cnf"), dict) and "jkt" in claims["cnf"]:
+            body["token_type"] = "DPoP"  # RFC 9449 §6.2
         return body

@@ -78,7 +78,7 @@ def _digest(token: str) -> str:
 
 
 #: metadata only the server sets; a client's RFC 7592 update keeps them as they are
-SERVER_CONTROLLED = ("onboarding", "quarantined")
+SERVER_CONTROLLED = ("onboarding", "quarantined", "suspended")
 
 
 class RegistrationEndpoint:

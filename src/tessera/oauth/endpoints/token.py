@@ -70,7 +70,7 @@ class TokenEndpoint:
         """A fresh DPoP nonce for the ``DPoP-Nonce`` response header, when server nonces are on (RFC 9449 §8)."""
         return self._dpop.new_nonce() if self._dpop is not None else None
 
-    async def handle(self, headers: Mapping[str, str], form: Form) -> dict[str, Any]:
+    async def handle(self, headers: Mapping[str, str], form: Form, source_ip: str | None = None) -> dict[str, Any]:
         client_id: str | None = None
         grant_type = form.get("grant_type")
         try:
@@ -94,7 +94,7 @@ class TokenEndpoint:
             if proof is not None and self._dpop is not None:
                 dpop_jkt = await self._dpop.check(proof, client_id=client_id)
             response = await grant.respond(
-                TokenRequest(form=form, client=authn, headers=dict(headers), dpop_jkt=dpop_jkt)
+                TokenRequest(form=form, client=authn, headers=dict(headers), dpop_jkt=dpop_jkt, source_ip=source_ip)
             )
         except OAuthError as e:
             await self._refused(e, grant_type, e.client_id or client_id)

@@ -19,6 +19,8 @@ class TokenRequest:
     headers: dict[str, str] = field(default_factory=dict)
     #: RFC 9449: the JWK thumbprint of a verified DPoP proof; the token is bound to it (``cnf.jkt``).
     dpop_jkt: str | None = None
+    #: the caller's address as the server saw it (uvicorn applies --forwarded-allow-ips), for the flows
+    source_ip: str | None = None
 
 
 @dataclass(frozen=True)

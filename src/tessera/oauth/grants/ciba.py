@@ -116,6 +116,7 @@ class CibaGrant:
                     rec.person_id,
                     authorization_details=list(rec.grant.get("authorization_details") or []),
                     person=rec.person_id,
+                    source_ip=request.source_ip,
                 )
             )
             scope, audience, lifetime = apply_limits(scope, audience, lifetime, limits)

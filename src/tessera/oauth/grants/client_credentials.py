@@ -96,7 +96,14 @@ class ClientCredentialsGrant:
         if self._policy is not None and self._policy.applies("client_credentials", client.metadata):
             limits = await self._policy.check(
                 IssuanceContext(
-                    "client_credentials", client.client_id, client.metadata, scope, aud, lifetime, client.client_id
+                    "client_credentials",
+                    client.client_id,
+                    client.metadata,
+                    scope,
+                    aud,
+                    lifetime,
+                    client.client_id,
+                    source_ip=request.source_ip,
                 )
             )
             scope, aud, lifetime = apply_limits(scope, aud, lifetime, limits)

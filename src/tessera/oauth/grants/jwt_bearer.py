@@ -93,6 +93,7 @@ class JwtBearerGrant:
                     lifetime,
                     party.principal,
                     federation=federation_context(identity),
+                    source_ip=request.source_ip,
                 )
             )
             scope, audiences, lifetime = apply_limits(scope, audiences, lifetime, limits)

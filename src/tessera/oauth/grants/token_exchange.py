@@ -344,6 +344,7 @@ class TokenExchangeGrant:
                     lifetime,
                     subject.principal,
                     federation=subject.federation,
+                    source_ip=request.source_ip,
                 )
             )
             scope, audiences, lifetime = apply_limits(scope, audiences, lifetime, limits)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "alert_links",
+    "alerts",
     "approval_links",
     "approval_requests",
     "approval_votes",
@@ -14,11 +16,13 @@ __all__ = [
     "audit_log",
     "authenticators",
     "ciba_requests",
+    "client_contexts",
     "clients",
     "enrolments",
     "flow_published",
     "flow_versions",
     "issued_tokens",
+    "issuer_quarantines",
     "metadata",
     "outbox",
     "people",
@@ -306,4 +310,53 @@ flow_published = sa.Table(
     sa.Column("version", sa.String(80), nullable=False),
     sa.Column("published_at", sa.BigInteger, nullable=False),
     sa.Column("published_by", sa.String(256), nullable=False),
+)
+
+# Context alerts (``tessera.alerts``): the request contexts seen per client (source network, federated
+# attributes, hour), alerts on a context never seen before, and the owners' response links (hashed).
+client_contexts = sa.Table(
+    "client_contexts",
+    metadata,
+    sa.Column("client_id", sa.String(256), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("value", sa.String(128), primary_key=True),
+    sa.Column("first_seen", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("alert_id", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(256), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("kinds", sa.JSON, nullable=False),
+    sa.Column("context", sa.JSON, nullable=False),
+    sa.Column("responses", sa.JSON, nullable=False),
+    sa.Column("origin", sa.String(256), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("history", sa.JSON, nullable=False),
+)
+
+alert_links = sa.Table(
+    "alert_links",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("alert_id", sa.String(64), nullable=False, index=True),
+    sa.Column("person_id", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+)
+
+# An incident quarantine of a trusted issuer: its tokens are refused until an approval lifts it.
+issuer_quarantines = sa.Table(
+    "issuer_quarantines",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("since", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("lift_request", sa.String(64)),
 )
