@@ -94,6 +94,20 @@ class Telemetry:
             rid = b"%s%012x" % (_ID_PREFIX, next(_ID_COUNTER))
         token = _REQUEST_ID.set(rid.decode())
         header = (b"x-request-id", rid)
+        path = scope["path"]
+        if self._tracer is None and path in self._fast:
+            # The token fast path adds the header and reports its status itself: no send wrapper and
+            # no closure on the hot path.
+            scope["tessera.request_id"] = header
+            try:
+                await self._app(scope, receive, send)
+            finally:
+                _REQUEST_ID.reset(token)
+                if self._metrics is not None:
+                    method = scope["method"] if scope["method"] in _METHODS else "other"
+                    status = scope.get("tessera.status", 500)
+                    self._metrics.request(path, method, status, time.perf_counter() - start)
+            return
         status = 500
 
         async def send_with_id(message: MutableMapping[str, Any]) -> None:
