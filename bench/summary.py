@@ -4,7 +4,7 @@
     python bench/summary.py --quick    # short runs: a few minutes on 2 cores
     python bench/summary.py --only issuer,flows --readme
 
-Each benchmark (``issuer.py``, ``exchange.py``, ``verify.py``, ``ciba.py``, ``flows.py``; ``floor.py``
+Each benchmark (``issuer.py``, ``exchange.py``, ``verify.py``, ``ciba.py``, ``flows.py``, ``mcp.py``; ``floor.py``
 is the crypto floor that ``issuer.py`` and ``exchange.py`` measure in their own runs) runs as its own
 process, one after the other (they pin the server and the load to CPUs 0 and 1), writes its JSON
 to ``bench/results/``, and its ``summary_rows(report)`` turns that JSON into rows of one shape:
@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "verify": ([], ["-n", "800"]),
     "ciba": ([], ["--quick"]),
     "flows": ([], ["--quick", "--repeat", "1"]),
+    "mcp": ([], ["--quick"]),
 }
 
 

@@ -32,6 +32,7 @@ def test_the_examples_cover_the_issue() -> None:
         "revocation-notice": "token.revoke",
         "quarantine": "token.issue",
         "new-context-alert": "token.issue",
+        "mcp-tool-approval": "token.issue",
     }
     kinds = {f: [s.kind for s in flows[f].steps] for f in flows}
     assert kinds["agent-onboarding"] == ["require", "approve"]
@@ -41,6 +42,8 @@ def test_the_examples_cover_the_issue() -> None:
     alert = flows["new-context-alert"].steps[0]
     assert alert.kind == "notify" and alert.spec["owners"] is True
     assert alert.spec["responses"] == ["acknowledge", "suspend", "revoke"]
+    # docs/mcp.md: approval of MCP tool calls per tool, per argument pattern and per agent.
+    assert kinds["mcp-tool-approval"] == ["deny", "approve", "limit"] and flows["mcp-tool-approval"].grants == ("ciba",)
 
 
 @pytest.mark.parametrize("grant", ["client_credentials", "token_exchange", "jwt_bearer", "ciba"])

@@ -278,8 +278,14 @@ def open_runtime(
     return runtime
 
 
-def audit_checkpoint(runtime: Runtime) -> dict[str, Any]:
-    """Sign the audit chain's head with the active key and append it as an ``audit.checkpoint`` record."""
+def audit_checkpoint(runtime: Runtime, *, unless_newer_than: float = 0) -> dict[str, Any] | None:
+    """Sign the audit chain's head with the active key and append it as an ``audit.checkpoint`` record.
+
+    With ``unless_newer_than`` (seconds), nothing is made if a checkpoint that recent exists: every
+    server process runs the periodic checkpoint, and without a leader they would each make one per
+    interval. The check is made holding the chain's head lock, so of processes that wake together one
+    makes the checkpoint and the others find it. None when skipped.
+    """
     from tessera.audit.checkpoint import CHECKPOINT_TYP, checkpoint_claims
     from tessera.oauth.jws import sign_compact
 
@@ -288,6 +294,9 @@ def audit_checkpoint(runtime: Runtime) -> dict[str, Any]:
     key = KeyRing.from_records(store.read(repo.load_keys), runtime.kek, now).signer(settings.signing_algs[0])
     with store.transaction() as conn:
         seq, head = repo.audit_head_row(conn, lock=True)
+        last = repo.last_event_ts(conn, "audit.checkpoint") if unless_newer_than > 0 else None
+        if last is not None and last > store.now_ms() - unless_newer_than * 1000:
+            return None
         token = sign_compact(
             {"alg": key.alg, "kid": key.kid, "typ": CHECKPOINT_TYP},
             checkpoint_claims(settings.issuer, seq, head, now),

@@ -310,6 +310,21 @@ class Settings(BaseModel):
     outbox_poll_interval: float = Field(
         1.0, gt=0, le=60, description="How often each server process looks for due outbox messages, in seconds."
     )
+    console_admin_group: str = Field(
+        "",
+        description="People in this group may sign in to the admin console (`/console`) with an enrolled passkey "
+        "(empty: only the admin token signs in).",
+    )
+    console_session_lifetime: int = Field(
+        1800, ge=60, le=43200, description="Lifetime of an admin console session, in seconds (no renewal)."
+    )
+    outbox_lease: float = Field(
+        60.0,
+        ge=2,
+        le=3600,
+        description="Seconds a server process holds the outbox messages it claimed; a process that dies holding "
+        "them leaves them to another process once the lease runs out (a send is cut off at 0.8 of it).",
+    )
 
     @field_validator("signing_algs")
     @classmethod

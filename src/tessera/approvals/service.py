@@ -166,7 +166,7 @@ class ApprovalService:
     def _limit(self, tx: ApprovalTx, keys: dict[str, int], now: int, actor: str, ref: str | None) -> None:
         """Refuse (and record) when sending would pass a per-minute limit; else count the messages."""
         since = (now * 1000) - WINDOW_MS
-        for key, add in keys.items():
+        for key, add in sorted(keys.items()):  # one lock order for the keys counted (rate_count locks each)
             limit = (
                 self.config.per_person_per_minute if key.startswith("person:") else self.config.per_requester_per_minute
             )

@@ -99,12 +99,20 @@ class ChainReport:
         }
 
 
-def verify_chain(records: Iterable[AuditRecord], expected_head: tuple[int, str] | None = None) -> ChainReport:
+def verify_chain(
+    records: Iterable[AuditRecord],
+    expected_head: tuple[int, str] | None = None,
+    *,
+    after: tuple[int, str] | None = None,
+) -> ChainReport:
     """Walk the records in ``seq`` order as stored; report the first broken, reordered or missing one.
 
     ``expected_head`` is the (seq, hash) the store says is last: it catches records cut off the end.
+    ``after`` is a (seq, hash) verified before: the records then continue the chain from it.
     """
     prev, expected_seq, n = GENESIS, 1, 0
+    if after is not None:
+        expected_seq, prev = after[0] + 1, after[1]
     for rec in records:
         if rec.seq != expected_seq:
             what = "missing" if rec.seq > expected_seq else "reordered or duplicated"

@@ -42,7 +42,8 @@ from tessera.oauth.grants.ciba import CibaGrant
 from tessera.oauth.grants.client_credentials import ClientCredentialsGrant
 from tessera.oauth.grants.jwt_bearer import JwtBearerGrant
 from tessera.oauth.grants.token_exchange import TokenExchangeGrant
-from tessera.oauth.keys import KeyRing
+from tessera.oauth.keys import KeyRing, is_revoked
+from tessera.oauth.revocation import TokenSelector
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.runtime import Runtime, client_policy, load_trusted_issuers, open_runtime, server_metadata
 from tessera.settings import load_settings
@@ -51,6 +52,7 @@ from tessera.store.sql.ciba import SqlCiba
 from tessera.store.sql.outbox import SqlOutbox
 
 from .body import read_body, read_json
+from .console import console_routes
 from .fastpath import TokenFastPath
 from .health import database_counts, healthz, readyz_endpoint
 from .metrics import ScrapeGauges, metrics, process_gauges
@@ -80,7 +82,19 @@ class KeyService:
         return self.ring
 
     async def reload(self) -> None:
-        self._set(await self._rt.store.load_keys())
+        records = await self._rt.store.load_keys()
+        signed_with = {k.kid for k in self.ring.active.values()}
+        self._set(records)
+        # A key revoked by another process (or the CLI) went on signing here until this reload; the
+        # revocation revoked the tokens it had signed by then, so those signed since are revoked now.
+        for rec in records:
+            if rec.kid in signed_with and is_revoked(rec):
+                revoked = await self._rt.store.revoke(TokenSelector(kid=rec.kid), actor="system", via="key.revoked")
+                if revoked:
+                    log.warning(
+                        "revoked %d token(s) signed with revoked key %s before this reload", len(revoked), rec.kid
+                    )
+                    self.on_change()
 
     def _set(self, records: list[Any]) -> None:
         ring = KeyRing.from_records(records, self._rt.kek, int(self._rt.clock.now()))
@@ -199,6 +213,7 @@ def build_app(runtime: Runtime) -> Any:
         now=clock.now,
         policy=RetryPolicy(max_attempts=settings.outbox_max_attempts),
         poll_interval=settings.outbox_poll_interval,
+        lease=settings.outbox_lease,
     )
     hook_client = httpx.AsyncClient(
         transport=GuardedTransport(set, allow_private=settings.dev_mode), follow_redirects=False
@@ -477,7 +492,10 @@ def build_app(runtime: Runtime) -> Any:
         while settings.audit_checkpoint_interval:
             await asyncio.sleep(settings.audit_checkpoint_interval)
             try:
-                await asyncio.to_thread(audit_checkpoint, runtime)
+                # Every process runs this loop; of those waking within half an interval, one signs.
+                await asyncio.to_thread(
+                    lambda: audit_checkpoint(runtime, unless_newer_than=settings.audit_checkpoint_interval / 2)
+                )
             except Exception:
                 log.exception("the audit checkpoint failed; retrying at the next interval")
 
@@ -540,6 +558,18 @@ def build_app(runtime: Runtime) -> Any:
     from tessera.http.admin import AdminGate, admin_app
 
     h = lambda fn: _handler(fn, realm)  # noqa: E731
+    admin_api = admin_app(
+        runtime,
+        keys,
+        status_lists.invalidate,
+        federation=federation,
+        issuers_changed=reload_issuers,
+        approvals=approvals,
+        outbox=outbox,
+        registration_flows=flows.check_registration,
+        operation_flows=flows.check_operation,
+        incidents=incidents,
+    )
     prefix = _path_prefix(issuer)
     routes = [
         Route(prefix + "/.well-known/openid-configuration", well_known, methods=["GET"]),
@@ -558,25 +588,7 @@ def build_app(runtime: Runtime) -> Any:
             readyz_endpoint(settings, store, lambda: (keys.ring, keys.records), clock.now),
             methods=["GET"],
         ),
-        Mount(
-            prefix + "/admin",
-            app=AdminGate(
-                admin_app(
-                    runtime,
-                    keys,
-                    status_lists.invalidate,
-                    federation=federation,
-                    issuers_changed=reload_issuers,
-                    approvals=approvals,
-                    outbox=outbox,
-                    registration_flows=flows.check_registration,
-                    operation_flows=flows.check_operation,
-                    incidents=incidents,
-                ),
-                settings.admin_token,
-                settings.max_body_bytes,
-            ),
-        ),
+        Mount(prefix + "/admin", app=AdminGate(admin_api, settings.admin_token, settings.max_body_bytes)),
     ]
     routes += page_routes(
         approvals,
@@ -584,6 +596,15 @@ def build_app(runtime: Runtime) -> Any:
         csrf_key=csrf_key,
         secure_cookies=issuer.startswith("https://"),
         incidents=incidents,
+    )
+    routes += console_routes(
+        prefix=prefix,
+        runtime=runtime,
+        admin_api=admin_api,
+        approvals=approvals,
+        federation=federation,
+        csrf_key=csrf_key,
+        secure_cookies=issuer.startswith("https://"),
     )
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.

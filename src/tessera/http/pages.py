@@ -153,7 +153,8 @@ def page_routes(
             request=rec,
             person=view.person,
             check_code=view.check_code,
-            details=[json.dumps(d, indent=2, sort_keys=True) for d in tx.authorization_details],
+            details=[json.dumps(d, indent=2, sort_keys=True) for d in tx.authorization_details if not _tool_call(d)],
+            tool_calls=[_tool_call_view(d) for d in tx.authorization_details if _tool_call(d)],
             kinds=view.kinds,
             ways=view.ways,
             assurance=rec.policy.assurance,
@@ -327,3 +328,23 @@ def page_routes(
         Route(prefix + "/enrol/{token}/options", guarded(enrol_options, "enrolment"), methods=["POST"]),
         Route(prefix + "/ui/static/{name}", static, methods=["GET"]),
     ]
+
+
+def _tool_call(d: Any) -> bool:
+    return isinstance(d, dict) and d.get("type") == "tool_invocation"
+
+
+def _tool_call_view(d: Any) -> dict[str, Any]:
+    """A ``tool_invocation`` entry (tessera.verify.tool_calls) as the person reads it: the server, the
+    tool, each argument as JSON, and the hash alone when the agent did not show the arguments."""
+    arguments = d.get("arguments")
+    locations = d.get("locations") or ["?"]
+    return {
+        "server": str(locations[0]),
+        "tool": str(d.get("tool")),
+        "arguments": None
+        if not isinstance(arguments, dict)
+        else [(str(k), json.dumps(v, ensure_ascii=False, sort_keys=True)) for k, v in sorted(arguments.items())],
+        "arguments_hash": str(d.get("arguments_hash")),
+        "expires_at": d.get("expires_at"),
+    }

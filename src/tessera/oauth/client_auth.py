@@ -222,6 +222,12 @@ class ClientAuthenticator:
             raise InvalidClient("client_assertion has no sub")
         if "client_id" in form and form["client_id"] != sub:
             raise InvalidClient("client_id does not match the assertion's sub")
+        if self._federation is not None and not form_id and unverified.get("iss") != sub:
+            # RFC 7523 §2.2: client_id is optional, the assertion identifies the client; §3 (2.B): its sub
+            # is the client_id. A workload token whose sub is the client_id of a client with federated
+            # credentials authenticates that client without client_id (as the mcp SDK's
+            # PrivateKeyJWTOAuthProvider sends it). Any other assertion with iss != sub is refused there.
+            return await self._federated(sub, value)
         client = await self._known(sub, "private_key_jwt")
         if "jwks" not in client.metadata and "jwks_uri" not in client.metadata:
             # A client with federated credentials only has no keys of its own to sign with.

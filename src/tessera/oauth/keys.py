@@ -46,6 +46,7 @@ __all__ = [
     "KeyState",
     "SigningKey",
     "TooManyKeys",
+    "is_revoked",
     "new_key",
     "plan_bootstrap",
     "plan_revocation",
@@ -149,6 +150,13 @@ def new_key(alg: str, state: KeyState, kek: KEK, now: int) -> KeyRecord:
         sealed_private=kek.seal(private_key_to_pem(private), kid.encode()),
         created_at=now,
         activated_at=now if state is KeyState.ACTIVE else None,
+    )
+
+
+def is_revoked(rec: KeyRecord) -> bool:
+    """Removed before its time (``plan_revocation``), not by the sweep after its tokens expired."""
+    return rec.state is KeyState.REMOVED and (
+        rec.remove_after is None or (rec.removed_at is not None and rec.removed_at < rec.remove_after)
     )
 
 

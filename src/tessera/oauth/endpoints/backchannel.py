@@ -34,15 +34,18 @@ from tessera.oauth.errors import (
     InvalidBindingMessage,
     InvalidRequest,
     InvalidScope,
+    InvalidTarget,
     InvalidUserCode,
     MissingUserCode,
     UnauthorizedClient,
     UnknownUserId,
 )
 from tessera.oauth.forms import Form
+from tessera.oauth.grants.client_credentials import resolve_audience
 from tessera.oauth.keys import KeyRing
 from tessera.oauth.tokens import NotOurToken, read_id_token
 from tessera.store.interfaces import AssertionRecorder, AssertionReplayed
+from tessera.verify.tool_calls import TOOL_INVOCATION, check_entry
 
 __all__ = ["BackchannelEndpoint", "CibaPolicy"]
 
@@ -125,12 +128,16 @@ class BackchannelEndpoint:
         auth_req_id = secrets.token_urlsafe(32)  # 256 bits (§7.3: at least 128 bits; FAPI-CIBA: 160)
         key = auth_req_hash(auth_req_id)
         now = int(self._now())
-        audience = [client.default_resource or self._default_audience]
+        audience = self._audience(params.get("resource"), details, client)
         body = {
             "requester": cid,
             "on_behalf_of": person.person_id,
             "action": "authorize " + (client.metadata.get("client_name") or cid),
-            "resource": ", ".join(sorted({d["type"] for d in details})) if details else "scope: " + " ".join(scope),
+            "resource": ", ".join(audience)
+            if any(d["type"] == TOOL_INVOCATION for d in details)
+            else ", ".join(sorted({d["type"] for d in details}))
+            if details
+            else "scope: " + " ".join(scope),
             "scope": scope,
             "authorization_details": details,
             "binding_message": binding,
@@ -389,9 +396,27 @@ class BackchannelEndpoint:
                 raise InvalidAuthorizationDetails(
                     f"unknown authorization details type {d['type'][:64]!r}", client_id=cid
                 )
+            if d["type"] == TOOL_INVOCATION:
+                # One tool call (tessera.verify.tool_calls): the hash is the hash of the arguments shown.
+                try:
+                    check_entry(d, self._now())
+                except ValueError as e:
+                    raise InvalidAuthorizationDetails(f"tool_invocation: {e}", client_id=cid) from None
         if len(json.dumps(value)) > 8192:
             raise InvalidAuthorizationDetails("authorization_details is too large", client_id=cid)
         return value
+
+    def _audience(self, resource: Any, details: list[dict[str, Any]], client: Any) -> list[str]:
+        """RFC 8707 §2: ``resource`` names where the token will be used. Without it, a ``tool_invocation``
+        entry's server (its RFC 9396 §2.2 ``locations``) is the audience, else the client's default."""
+        cid = client.client_id
+        if resource is not None and (not isinstance(resource, str) or not resource):
+            raise InvalidTarget("resource must be one absolute URI (RFC 8707 §2)", client_id=cid)
+        servers = list(dict.fromkeys(d["locations"][0] for d in details if d["type"] == TOOL_INVOCATION))
+        audience = resolve_audience(client, [resource] if resource else servers, self._default_audience)
+        if any(s not in audience for s in servers):
+            raise InvalidTarget("a tool_invocation's server must be the token's resource", client_id=cid)
+        return audience
 
     def _expiry(self, value: Any, authn: AuthenticatedClient) -> int:
         if value is None:

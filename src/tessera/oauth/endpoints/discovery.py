@@ -33,6 +33,7 @@ def metadata(
     md: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": issuer + "/oauth/token",
+        "authorization_endpoint": issuer + "/oauth/authorize",
         "jwks_uri": issuer + "/oauth/jwks",
         "grant_types_supported": list(grant_types),
         # RFC 8414 §2 makes response_types_supported REQUIRED; no redirect-based grant is offered yet.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -271,6 +272,12 @@ class SqlApprovalTx:
         outbox.enqueue(self.conn, message, sealed_body, now)
 
     def rate_count(self, key: str, since: int) -> int:
+        if self._pg:
+            # READ COMMITTED lets two transactions count the same events and both add theirs, passing the
+            # limit together: a transaction-scoped lock on the key makes count-then-add one step across
+            # processes (SQLite's BEGIN IMMEDIATE already serializes writers).
+            lock = int.from_bytes(hashlib.sha256(b"tessera-rate|" + key.encode()).digest()[:8], "big", signed=True)
+            self.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
         q = (
             sa.select(sa.func.count())
             .select_from(rate_events)

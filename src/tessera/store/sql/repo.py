@@ -49,6 +49,7 @@ __all__ = [
     "insert_token",
     "insert_tokens",
     "iter_audit",
+    "last_event_ts",
     "list_clients",
     "list_trusted_issuers",
     "live_status_lists",
@@ -396,6 +397,13 @@ def audit_head_row(conn: sa.Connection, lock: bool = False) -> tuple[int, str]:
     lock_clause = " FOR UPDATE" if lock and conn.dialect.name == "postgresql" else ""
     row = conn.exec_driver_sql("SELECT seq, hash FROM audit_head WHERE id = 1" + lock_clause).one()
     return int(row[0]), str(row[1])
+
+
+def last_event_ts(conn: sa.Connection, event: str) -> int | None:
+    """The time (ms) of the newest audit record of this kind, or None (the ``event`` column is indexed)."""
+    q = sa.select(audit_log.c.ts).where(audit_log.c.event == event).order_by(audit_log.c.seq.desc()).limit(1)
+    ts = conn.execute(q).scalar()
+    return None if ts is None else int(ts)
 
 
 def append_audit(conn: sa.Connection, events: list[AuditEvent], ts: int) -> list[AuditRecord]:
