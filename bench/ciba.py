@@ -635,5 +635,36 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results as rows for ``bench/summary.py`` (one shape for every benchmark)."""
+    b, c, n = report["baseline_client_credentials"], report["cycles"], report["pending"]
+    rows = [
+        dict(
+            measure=f"CIBA cycles ({c['workers']} approvers)",
+            value=c["cycles_per_s"],
+            unit="cycles/s",
+            baseline="client_credentials",
+            baseline_unit="req/s",
+            baseline_value=b["rps"],
+            ratio=c["cycles_per_s"] / b["rps"],
+            note=f"a cycle costs {report['cycle_cpu_in_token_requests']:.1f} token requests of CPU",
+        ),
+    ]
+    for answer in ("authorization_pending", "slow_down"):
+        lo, hi = report["latency_10_pending"][answer], report["latency_loaded"][answer]
+        rows.append(
+            dict(
+                measure=f"poll p50, {answer}, {n:,} pending",
+                value=hi["p50_ms"],
+                unit="ms",
+                baseline="10 pending",
+                baseline_value=lo["p50_ms"],
+                ratio=hi["p50_ms"] / lo["p50_ms"],
+                note="lower is better; ~1x: pending requests cost polls nothing",
+            )
+        )
+    return rows
+
+
 if __name__ == "__main__":
     sys.exit(main())

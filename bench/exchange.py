@@ -641,5 +641,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results as rows for ``bench/summary.py`` (one shape for every benchmark)."""
+    rows = []
+    floor = report["floor_ops_per_s"]["token_exchange"]
+    for run in report["runs"]:
+        if run["rps"] is None:
+            continue
+        note = "; ".join(x for x in (run["status"] if run["status"] != "ok" else "", run.get("note", "")) if x)
+        rows.append(
+            dict(
+                measure=f"token exchange, {run['variant']} subject token",
+                value=run["rps"],
+                unit="req/s",
+                baseline="crypto floor",
+                baseline_unit="ops/s",
+                baseline_value=floor,
+                ratio=run["rps"] / floor,
+                note=note,
+            )
+        )
+    return rows
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -132,5 +132,30 @@ def main() -> None:
     out.write_text(json.dumps({"decisions": dec, "replay": rep}, indent=2))
 
 
+def summary_rows(report: dict) -> list[dict]:
+    """The results as rows for ``bench/summary.py`` (one shape for every benchmark)."""
+    d, r = report["decisions"], report["replay"]
+    return [
+        dict(
+            measure="10-step flow decision",
+            value=d["decisions_per_s"],
+            unit="decisions/s",
+            baseline="the 10 CEL conditions alone",
+            baseline_value=d["cel_floor_per_s"],
+            ratio=d["ratio"],
+            note="",
+        ),
+        dict(
+            measure=f"replay of {r['records']:,} decisions",
+            value=r["records_per_s"],
+            unit="decisions/s",
+            baseline=None,
+            baseline_value=None,
+            ratio=None,
+            note=f"{r['changed']:,} changed by the candidate",
+        ),
+    ]
+
+
 if __name__ == "__main__":
     main()

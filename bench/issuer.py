@@ -1002,5 +1002,42 @@ def _version(package: str) -> str | None:
         return None
 
 
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results as rows for ``bench/summary.py`` (one shape for every benchmark)."""
+    rows = []
+    for run in report["runs"]:
+        if run["rps"] is None:
+            continue
+        name = f"{run['target']} client_credentials, {run['auth']}"
+        note = "; ".join(x for x in (run["status"] if run["status"] != "ok" else "", run.get("note", "")) if x)
+        floor = report["floor_ops_per_s"]["basic" if run["auth"] == "client_secret_basic" else "pkjwt"]
+        rows.append(
+            dict(
+                measure=name,
+                value=run["rps"],
+                unit="req/s",
+                baseline="crypto floor",
+                baseline_unit="ops/s",
+                baseline_value=floor,
+                ratio=run["rps"] / floor,
+                note=note,
+            )
+        )
+        if run["target"] == "tessera" and run.get("ratio_vs_peer"):
+            peer = run["rps"] / run["ratio_vs_peer"]
+            rows.append(
+                dict(
+                    measure=name,
+                    value=run["rps"],
+                    unit="req/s",
+                    baseline="node-oidc-provider",
+                    baseline_value=peer,
+                    ratio=run["ratio_vs_peer"],
+                    note="target >= 1.2x",
+                )
+            )
+    return rows
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -247,5 +247,24 @@ def main() -> int:
     return 0
 
 
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results as rows for ``bench/summary.py`` (one shape for every benchmark)."""
+    variants = report["variants"]
+    open_p50 = variants["open"]["p50_ms"]
+    return [
+        dict(
+            measure=f"MCP tool call p50, {name}",
+            value=v["p50_ms"],
+            unit="ms",
+            baseline="open server",
+            baseline_value=open_p50,
+            ratio=v["p50_ratio"],
+            note="lower is better",
+        )
+        for name, v in variants.items()
+        if name != "open"
+    ]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -361,5 +361,37 @@ def main() -> None:
     path.write_text(json.dumps(results, indent=2))
 
 
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results as rows for ``bench/summary.py`` (one shape for every benchmark)."""
+    rows = []
+    for alg in ("ES256", "EdDSA"):
+        r = report.get(alg)
+        if not r:
+            continue
+        rows.append(
+            dict(
+                measure=f"verify {alg} access token",
+                value=r["tessera"],
+                unit="tokens/s",
+                baseline="cryptography alone",
+                baseline_value=r["raw"],
+                ratio=r["ratio_raw"],
+                note="target >= 0.85x",
+            )
+        )
+        rows.append(
+            dict(
+                measure=f"verify {alg} access token",
+                value=r["tessera"],
+                unit="tokens/s",
+                baseline="PyJWT",
+                baseline_value=r["pyjwt"],
+                ratio=r["ratio_pyjwt"],
+                note="target > 1x",
+            )
+        )
+    return rows
+
+
 if __name__ == "__main__":
     main()

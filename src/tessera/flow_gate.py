@@ -95,6 +95,8 @@ class FlowGate:
         self._flows: list[Flow] = []
         self._grants: set[str] = set()
         self._approving = self._open = self._metadata = True
+        #: Told (trigger, outcome) of every decision recorded (the server's metrics).
+        self.on_decision: Callable[[str, str], None] = lambda trigger, outcome: None
 
     @property
     def flows(self) -> list[Flow]:
@@ -530,3 +532,4 @@ class FlowGate:
             log.exception("the flow decision could not be recorded: denying")
             error = InvalidClientMetadata if trigger == "client.register" else _DENY.get(ctx.grant, AccessDenied)
             raise error("the decision could not be recorded; denied", client_id=ctx.client_id) from None
+        self.on_decision(trigger, decision.outcome)

@@ -157,6 +157,33 @@ class Settings(BaseModel):
     )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: str = Field(
+        "text",
+        description="text, or json: one JSON object per line with ts, level, logger, msg and the request id "
+        "(docs/observability.md). Both redact one-time link tokens and anything shaped like a JWT.",
+    )
+    metrics: str = Field(
+        "loopback",
+        description="Who may read GET /metrics (Prometheus): loopback (clients connecting from a loopback "
+        "address only), token (requests with Authorization: Bearer METRICS_TOKEN), or disabled (404).",
+    )
+    metrics_token: str | None = Field(
+        None, description="Bearer token for GET /metrics when metrics = token. Secret.", repr=False
+    )
+    readyz_timeout: float = Field(
+        2.0, gt=0, le=60, description="Seconds /readyz waits for the database before answering 503."
+    )
+    readyz_key_max_age: int = Field(
+        0,
+        ge=0,
+        description="Rotation deadline checked by /readyz: 503 when an active signing key is older than this "
+        "many seconds (0: no deadline).",
+    )
+    otel: bool = Field(
+        False,
+        description="OpenTelemetry traces (spans around requests, store transactions and outbound calls). Needs "
+        "the otel extra (opentelemetry-sdk); the exporter is configured by the standard OTEL_* variables.",
+    )
     dev_mode: bool = Field(
         False,
         description="Development only: lets clients register http:// jwks_uri on loopback hosts and lets "
@@ -322,8 +349,24 @@ class Settings(BaseModel):
             raise ValueError("must be one of debug, info, warning, error")
         return v.lower()
 
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, v: str) -> str:
+        if v.lower() not in {"text", "json"}:
+            raise ValueError("must be text or json")
+        return v.lower()
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: str) -> str:
+        if v.lower() not in {"loopback", "token", "disabled"}:
+            raise ValueError("must be loopback, token or disabled")
+        return v.lower()
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
+        if self.metrics == "token" and not self.metrics_token:
+            raise ValueError("metrics = token needs metrics_token (TESSERA_METRICS_TOKEN)")
         if not self.issuer:
             host = self.host if ":" not in self.host else f"[{self.host}]"
             object.__setattr__(self, "issuer", f"http://{host}:{self.port}")
@@ -404,7 +447,7 @@ class Settings(BaseModel):
 
     def masked(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        for k in ("kek", "admin_token", "registration_token", "smtp_password"):
+        for k in ("kek", "admin_token", "registration_token", "smtp_password", "metrics_token"):
             if out.get(k):
                 out[k] = "***"
         out["webhooks"] = [{**w, "keys": ["***"] * len(w.get("keys") or [])} for w in out["webhooks"]]

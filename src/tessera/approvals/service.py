@@ -759,7 +759,9 @@ class ApprovalService:
             tx.supersede_links(request_id, now)
             tx.audit(
                 AuditEvent(
-                    "approval.expired", subject=rec.requester, data={"request_id": request_id, "outcome": "denied"}
+                    "approval.expired",
+                    subject=rec.requester,
+                    data={"request_id": request_id, "outcome": "denied", "age_s": now - rec.created_at},
                 )
             )
             rec = replace(rec, status="expired", decided_at=now)
@@ -1010,6 +1012,7 @@ class ApprovalService:
                         data={
                             "request_id": rec.request_id,
                             "outcome": result,
+                            "age_s": now - rec.created_at,
                             "tx_hash": rec.tx_hash,
                             "votes": {v.person_id: v.decision for v in votes},
                         },

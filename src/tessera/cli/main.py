@@ -70,6 +70,11 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             os.environ["TESSERA_" + name] = str(value)  # worker processes read the same settings
     settings = load_settings()
     runtime().close()  # migrate, bootstrap keys and sync declared clients once, before any worker starts
+    from tessera.http.metrics import prepare_multiprocess_dir
+    from tessera.http.telemetry import uvicorn_log_config
+
+    if settings.workers > 1 and settings.metrics != "disabled":
+        prepare_multiprocess_dir()  # the workers' metrics summed at every scrape (docs/observability.md)
     uvicorn.run(
         "tessera.http.app:create_app",
         factory=True,
@@ -77,6 +82,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings) or uvicorn.config.LOGGING_CONFIG,
         access_log=settings.log_level == "debug",
         server_header=False,
         date_header=True,

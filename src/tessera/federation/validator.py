@@ -142,6 +142,10 @@ class IssuerRegistry:
                 return t.raw
         return None
 
+    def keys_fetched_at(self) -> dict[str, float | None]:
+        """When each trusted issuer's keys in use were fetched (None: not yet), by issuer name."""
+        return {name: store.keys_fetched_at for name, store in self._stores.items()}
+
     def configured_hosts(self) -> set[str]:
         """The hosts named by the operator's configurations (issuer, pinned key or bundle URLs)."""
         hosts = set()

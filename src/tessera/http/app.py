@@ -48,6 +48,7 @@ from tessera.oauth.revocation import TokenSelector
 from tessera.oauth.status_entries import StatusAllocator
 from tessera.runtime import Runtime, client_policy, load_trusted_issuers, open_runtime, server_metadata
 from tessera.settings import load_settings
+from tessera.store.sql.approvals import SqlApprovalStore
 from tessera.store.sql.authcode import SqlAuthCodes
 from tessera.store.sql.ciba import SqlCiba
 from tessera.store.sql.outbox import SqlOutbox
@@ -56,9 +57,13 @@ from .authorize import authorize_routes
 from .body import read_body, read_json
 from .console import console_routes
 from .fastpath import TokenFastPath
+from .health import database_counts, healthz, readyz_endpoint
+from .metrics import ScrapeGauges, metrics, process_gauges
 from .outbound import GuardedTransport, JwksFetcher
 from .pages import page_routes
 from .responses import NO_STORE, json_response, oauth_error
+from .telemetry import Telemetry, configure_logging, metrics_endpoint
+from .tracing import tracer
 
 __all__ = ["KeyService", "build_app", "create_app"]
 
@@ -72,6 +77,7 @@ class KeyService:
         self._rt = runtime
         self.ring = KeyRing()
         self.jwks_body = b'{"keys":[]}'
+        self.records: list[Any] = []
         #: Called when the published keys changed (cached status lists are re-signed).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -95,6 +101,7 @@ class KeyService:
 
     def _set(self, records: list[Any]) -> None:
         ring = KeyRing.from_records(records, self._rt.kek, int(self._rt.clock.now()))
+        self.records = records
         changed = ring.jwks != self.ring.jwks
         self.ring = ring
         self.jwks_body = json.dumps(ring.jwks, separators=(",", ":")).encode()
@@ -197,6 +204,9 @@ def build_app(runtime: Runtime) -> Any:
             loop_ref[0].call_soon_threadsafe(outbox_worker.wake)
 
     approvals = approval_service(runtime, channels=set(channels), on_enqueue=wake_outbox)
+    m = metrics() if settings.metrics != "disabled" else None
+    if m is not None and isinstance(approvals.store, SqlApprovalStore):
+        approvals.store.on_commit = m.audit_events
     outbox = SqlOutbox(store.write_engine, store.now_ms)
     outbox_worker = OutboxWorker(
         outbox,
@@ -237,6 +247,8 @@ def build_app(runtime: Runtime) -> Any:
         watch=ContextWatch(store, clock.now, learning_period=settings.context_learning_period),
     )
     flows.replace(published_flows(store))
+    if m is not None:
+        flows.on_decision = m.flow_decision
     flows_seen = [sorted(f.version for f in flows.flows)]
 
     async def reload_flows() -> None:
@@ -495,9 +507,6 @@ def build_app(runtime: Runtime) -> Any:
             return json_response(e.body(), 403, NO_STORE)
         return json_response(body, 200, NO_STORE)
 
-    async def healthz(request: Request) -> Response:
-        return json_response({"status": "ok"})
-
     async def checkpoints_background() -> None:
         """Signed checkpoints of the audit chain's head (tessera.audit.checkpoint)."""
         from tessera.runtime import audit_checkpoint
@@ -533,6 +542,11 @@ def build_app(runtime: Runtime) -> Any:
             except Exception:
                 log.exception("background key refresh failed; serving with the keys loaded before")
 
+    async def metrics_background() -> None:
+        while m is not None:
+            await asyncio.sleep(1.0)
+            m.flush()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store.start()
@@ -544,6 +558,7 @@ def build_app(runtime: Runtime) -> Any:
             asyncio.create_task(approvals_background()),
             asyncio.create_task(checkpoints_background()),
             asyncio.create_task(outbox_worker.run(stop_outbox)),
+            asyncio.create_task(metrics_background()),
         ]
         log.info("Tessera serving issuer %s", issuer)
         try:
@@ -553,6 +568,8 @@ def build_app(runtime: Runtime) -> Any:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if m is not None:
+                m.flush()
             if allocator is not None:
                 await allocator.close()
             await fetch_jwks.close()
@@ -588,6 +605,11 @@ def build_app(runtime: Runtime) -> Any:
         Route(prefix + "/oauth/register", h(register), methods=["POST"]),
         Route(prefix + "/oauth/register/{client_id}", h(manage), methods=["GET", "PUT", "DELETE"]),
         Route(prefix + "/healthz", healthz, methods=["GET"]),
+        Route(
+            prefix + "/readyz",
+            readyz_endpoint(settings, store, lambda: (keys.ring, keys.records), clock.now),
+            methods=["GET"],
+        ),
         Mount(prefix + "/admin", app=AdminGate(admin_api, settings.admin_token, settings.max_body_bytes)),
     ]
     routes += page_routes(
@@ -621,12 +643,26 @@ def build_app(runtime: Runtime) -> Any:
     if prefix:
         # RFC 8414 §3: for an issuer with a path, the well-known suffix goes between host and path.
         routes.append(Route("/.well-known/oauth-authorization-server" + prefix, well_known, methods=["GET"]))
+    if m is not None:
+        routes.append(Route(prefix + "/metrics", metrics_endpoint(settings, m), methods=["GET"]))
+        m.scrape_collectors = [
+            ScrapeGauges(
+                lambda: database_counts(store, store.now_ms),
+                lambda: process_gauges(clock.now(), keys.records, federation.keys_fetched_at()),
+            )
+        ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.keys = keys
-    return TokenFastPath(
-        app, path=prefix + "/oauth/token", endpoint=token_endpoint, max_body=settings.max_body_bytes, realm=realm
+    fast = TokenFastPath(
+        app,
+        path=prefix + "/oauth/token",
+        endpoint=token_endpoint,
+        max_body=settings.max_body_bytes,
+        realm=realm,
+        observe=m.token if m is not None else None,
     )
+    return Telemetry(fast, metrics=m, fast_paths=(prefix + "/oauth/token",), tracer=tracer(settings))
 
 
 def _path_prefix(issuer: str) -> str:
@@ -651,7 +687,7 @@ class RedactLinks(logging.Filter):
 def create_app() -> Any:
     """Factory for uvicorn (also used by each worker process): configuration from the environment."""
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings)
     logging.getLogger("uvicorn.access").addFilter(RedactLinks())
     for warning in settings.warnings():
         log.warning("%s", warning)

@@ -37,8 +37,19 @@ class _TooLarge(OAuthError):
 
 
 class TokenFastPath:
-    def __init__(self, app: ASGIApp, *, path: str, endpoint: TokenEndpoint, max_body: int, realm: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        path: str,
+        endpoint: TokenEndpoint,
+        max_body: int,
+        realm: str,
+        observe: Callable[[str | None, str | None], None] | None = None,
+    ) -> None:
         self._app = app
+        #: Told (grant_type, None) for each token issued and (grant_type, error code) for each refusal.
+        self._observe = observe or (lambda grant, error: None)
         self._path = path
         self._endpoint = endpoint
         self._max_body = max_body
@@ -51,9 +62,10 @@ class TokenFastPath:
         if scope["method"] != "POST":
             # RFC 6749 §3.2: the client MUST use the HTTP POST method at the token endpoint.
             await self._respond(
-                send, 405, {"error": "invalid_request", "error_description": "use POST"}, [(b"allow", b"POST")]
+                scope, send, 405, {"error": "invalid_request", "error_description": "use POST"}, [(b"allow", b"POST")]
             )
             return
+        grant: str | None = None
         try:
             headers: dict[str, str] = {}
             for name, value in scope["headers"]:
@@ -70,20 +82,25 @@ class TokenFastPath:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
                 raise InvalidRequest("the token request must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
+            form = parse_form(body)
+            grant = form.get("grant_type")
             peer = scope.get("client")
-            result = await self._endpoint.handle(headers, parse_form(body), peer[0] if peer else None)
+            result = await self._endpoint.handle(headers, form, peer[0] if peer else None)
+            self._observe(grant, None)
             nonce = self._endpoint.dpop_nonce() if "dpop" in headers else None
             # RFC 9449 §8: the server may supply the nonce for the next proof with a successful response.
-            await self._respond(send, 200, result, [(b"dpop-nonce", nonce.encode())] if nonce else [])
+            await self._respond(scope, send, 200, result, [(b"dpop-nonce", nonce.encode())] if nonce else [])
         except OAuthError as e:
+            self._observe(grant, e.error)
             extra = [(b"www-authenticate", self._www_basic)] if isinstance(e, InvalidClient) else []
             if isinstance(e, UseDPoPNonce):
                 # RFC 9449 §8: use_dpop_nonce comes with exactly one DPoP-Nonce header.
                 extra.append((b"dpop-nonce", e.nonce.encode()))
-            await self._respond(send, e.status_code, e.body(), extra)
+            await self._respond(scope, send, e.status_code, e.body(), extra)
         except Exception:
             log.exception("token endpoint failed")
-            await self._respond(send, 500, {"error": "server_error"}, [])
+            self._observe(grant, "server_error")
+            await self._respond(scope, send, 500, {"error": "server_error"}, [])
 
     async def _read(self, headers: dict[str, str], receive: Receive) -> bytes:
         declared = headers.get("content-length")
@@ -107,8 +124,16 @@ class TokenFastPath:
                 return b"".join(chunks)
 
     @staticmethod
-    async def _respond(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> None:
+    async def _respond(
+        scope: Scope, send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]
+    ) -> None:
         payload = orjson.dumps(body)
         headers = [_JSON, (b"content-length", str(len(payload)).encode()), *_NO_STORE, *extra]
+        # The request layer in front (``telemetry.Telemetry``) hands over the X-Request-Id header and
+        # reads the status here, instead of wrapping ``send`` on this hot path.
+        request_id = scope.get("tessera.request_id")
+        if request_id is not None:
+            headers.append(request_id)
+        scope["tessera.status"] = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tessera import spans
 from tessera.clock import Clock
 from tessera.oauth.clients import Client
 
@@ -148,7 +149,9 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                 if not address.is_global or address.is_multicast:
                     log.warning("refused a fetch of %s: %s resolves to a non-public address", request.url, host)
                     raise httpx.ConnectError(f"{host} resolves to a non-public address", request=request)
-        return await self._inner.handle_async_request(request)
+        attributes = {"http.request.method": request.method, "server.address": host}
+        with spans.span(f"{request.method} {host}", attributes):
+            return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

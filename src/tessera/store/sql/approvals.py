@@ -295,8 +295,10 @@ class SqlApprovalTx:
 class SqlApprovalStore:
     """``ApprovalStore``: each ``run`` is one transaction with its audit events; ``read`` a read-only one."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SqlStore, on_commit: Callable[[list[AuditEvent]], None] | None = None) -> None:
         self._store = store
+        #: Told the audit events of each committed transaction (the server's metrics).
+        self.on_commit = on_commit
 
     def run(self, fn: Callable[[SqlApprovalTx], T]) -> T:
         deferred: Exception | None = None
@@ -308,6 +310,8 @@ class SqlApprovalStore:
             except Commit as c:
                 deferred = c.error
             repo.append_audit(conn, tx.events, self._store.now_ms())
+        if self.on_commit is not None and tx.events:
+            self.on_commit(tx.events)
         if deferred is not None:
             raise deferred
         return value

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tessera import spans
 from tessera.audit import AuditEvent, ChainReport, verify_chain
 from tessera.clock import Clock
 from tessera.oauth.client_auth import AssertionUse
@@ -82,7 +83,7 @@ class SqlStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
-        with self.write_engine.begin() as conn:
+        with spans.span("store.transaction"), self.write_engine.begin() as conn:
             yield conn
 
     def write(self, fn: Callable[[sa.Connection], Any], events: list[AuditEvent]) -> Any:
@@ -93,7 +94,7 @@ class SqlStore:
             return value
 
     def read(self, fn: Callable[[sa.Connection], Any]) -> Any:
-        with self.read_engine.connect() as conn:
+        with spans.span("store.read"), self.read_engine.connect() as conn:
             return fn(conn)
 
     # -- clients (ClientReader, ClientWriter) ------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from tessera import spans
 from tessera.audit import AuditEvent
 from tessera.oauth.client_auth import AssertionUse
 from tessera.oauth.tokens import IssuedToken
@@ -156,7 +157,8 @@ class GroupCommitWriter:
 
     def _commit(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         try:
-            outcomes = self._transaction(batch)
+            with spans.span("store.group_commit", {"tessera.batch_size": len(batch)}):
+                outcomes = self._transaction(batch)
         except Exception:
             log.warning("group commit of %d writes failed; retrying them one by one", len(batch), exc_info=True)
             outcomes = []
