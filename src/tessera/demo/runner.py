@@ -25,8 +25,26 @@ __all__ = ["SCENARIOS", "DemoOptions", "run"]
 
 Scenario = Callable[..., None]
 
-#: name → play(world, report, *, auto_approve, timeout, breaks). Issue 9 adds "mcp" here.
-SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {"payments": (payments.play, payments.BREAKS)}
+#: The MCP scenario's ``--break`` steps (kept here: ``tessera.demo.mcp`` imports the optional ``mcp`` SDK).
+MCP_BREAKS = {"approval": "Sam denies the tool call on the phone: the agent gets access_denied and nothing is paid"}
+MCP_EXTRA = "the MCP scenario needs the mcp SDK: pip install 'tessera[mcp]'"
+
+
+def _play_mcp(world: World, report: Report, **options: Any) -> None:
+    """``tessera.demo.mcp.play``, imported only now; without the ``mcp`` extra the setup step fails saying so."""
+    try:
+        from tessera.demo import mcp
+    except ImportError as e:
+        with report.step("setup", "The MCP scenario's dependencies", numbered=False):
+            raise StepFailed(f"{MCP_EXTRA} ({e.name} is not installed)") from None
+    mcp.play(world, report, **options)
+
+
+#: name → play(world, report, *, auto_approve, timeout, breaks)
+SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
+    "payments": (payments.play, payments.BREAKS),
+    "mcp": (_play_mcp, MCP_BREAKS),
+}
 
 
 @dataclass(frozen=True)
