@@ -165,6 +165,13 @@ async def _session(url: str, *, auth: Any = None, token: str | None = None) -> A
         yield session
 
 
+def _unwrap(error: BaseException) -> BaseException:
+    """The error itself, not the ``ExceptionGroup`` the SDK's task groups (anyio) wrap it in."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
 def _run(coro: Any) -> Any:
     """One exchange of the story, bounded by ``STEP_TIMEOUT``."""
 
@@ -173,8 +180,13 @@ def _run(coro: Any) -> Any:
 
     try:
         return asyncio.run(bounded())
-    except TimeoutError:
-        raise StepFailed(f"the MCP exchange did not finish within {STEP_TIMEOUT:.0f} s") from None
+    except BaseException as e:
+        error = _unwrap(e)
+        if isinstance(error, TimeoutError):
+            raise StepFailed(f"the MCP exchange did not finish within {STEP_TIMEOUT:.0f} s") from None
+        if error is e or not isinstance(error, Exception):
+            raise
+        raise error from None
 
 
 def _text(result: Any) -> str:
@@ -192,7 +204,7 @@ def play(world: World, report: Report, *, auto_approve: bool, timeout: float, br
             raise StepFailed(f"the enrolment link could not be sent: {_oauth_error(r)}")
         world.phone.enrol_totp(world.phone.wait_for("enrolment.link", after=before)["data"]["link"])
         report.say("Sam enrolled an authenticator app through the link the phone received")
-        step.details.update(issuer=world.issuer)
+        step.details.update(issuer=world.issuer, data_dir=str(world.data_dir))
 
     tools = ToolServer(world.issuer)
     agent = Agent(world.issuer, world.registration_token, tools.url)
@@ -351,7 +363,7 @@ def _approval(
             try:
                 box["answer"] = asyncio.run(asyncio.wait_for(call(), timeout + 60))
             except BaseException as e:  # reported by the step below
-                box["error"] = e
+                box["error"] = _unwrap(e)
             finally:
                 outcome.done.set()
 
@@ -378,7 +390,8 @@ def _approval(
         thread.join(5)
         error = box.get("error")
         if isinstance(error, TokenError):
-            raise StepFailed(f"the agent got no approval: {error.error}: {error}")
+            paid = f"yet the ledger shows {tools.ledger}" if tools.ledger else "nothing was paid"
+            raise StepFailed(f"the agent got no approval ({error}); {paid}")
         if error is not None:
             raise StepFailed(f"the agent's call failed: {type(error).__name__}: {error}")
         if approver.token is None:

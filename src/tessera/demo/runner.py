@@ -35,7 +35,8 @@ def _play_mcp(world: World, report: Report, **options: Any) -> None:
     try:
         from tessera.demo import mcp
     except ImportError as e:
-        with report.step("setup", "The MCP scenario's dependencies", numbered=False):
+        with report.step("setup", "The MCP scenario's dependencies", numbered=False) as step:
+            step.details["data_dir"] = str(world.data_dir)
             raise StepFailed(f"{MCP_EXTRA} ({e.name} is not installed)") from None
     mcp.play(world, report, **options)
 
