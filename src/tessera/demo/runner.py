@@ -122,6 +122,10 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
         console.print(
             f"[bold green]The whole story played: {len(report.steps)} steps passed[/] in {summary['seconds']:.1f} s."
         )
+        if options.scenario == "payments":
+            console.print(
+                "[dim]Next: an agent calling MCP tools, Sam approving one call: tessera demo --scenario mcp[/]"
+            )
     elif status == 1:
         console.print(
             f"[bold red]tessera demo failed at step '{summary['failed_step']}':[/] {summary['error']}", soft_wrap=True
