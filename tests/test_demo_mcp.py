@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 from typing import Any
 
 import httpx
+import pytest
 
 from approval_support import form_fields
 from test_demo import TESSERA, assert_cleaned_up, demo, port_closed
@@ -158,3 +160,40 @@ def test_interactive_a_person_approves_the_tool_call(tmp_path: pathlib.Path) -> 
     assert summary["steps"][4]["details"]["mode"] == "interactive"
     assert_cleaned_up(tmp_path, summary["steps"][0])
     assert_tool_server_stopped(summary)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_while_waiting_for_sam_it_stops_everything(tmp_path: pathlib.Path, sig: signal.Signals) -> None:
+    """^C or SIGTERM while the agent waits for the approval (its MCP session's stream still open):
+    exit 130, Tessera and the tool server stopped, nothing left behind."""
+    proc = subprocess.Popen(
+        [TESSERA, "demo", "--scenario", "mcp", "--json"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    issuer = resource = data_dir = None
+    try:
+        for line in proc.stderr:  # interactive mode: it waits for a person at step 4
+            found = re.search(r"issuer=(http://127\.0\.0\.1:\d+)\s+data=(\S+)", line)
+            if found:
+                issuer, data_dir = found.groups()
+            found = re.search(r"resource=(http://127\.0\.0\.1:\d+)/mcp", line)
+            resource = found.group(1) if found else resource
+            if "approval link" in line:
+                break
+        assert issuer and resource and data_dir, "the demo never printed the approval link"
+        assert not port_closed(resource)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err[-3000:]
+    assert json.loads(out)["error"] == "interrupted"
+    assert port_closed(issuer) and port_closed(resource)
+    assert not pathlib.Path(data_dir).exists()
+    assert list(tmp_path.iterdir()) == []

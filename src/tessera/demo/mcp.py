@@ -95,7 +95,8 @@ class ToolServer:
             return f"sent {amount:.2f} {currency} to {to}"
 
         app = self.protection.protect(server.streamable_http_app(json_response=True))
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        # An agent still waiting for an approval keeps its session's stream open: bound the shutdown.
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._uvicorn.run, kwargs={"sockets": [self._sock]}, daemon=True, name="demo-mcp"

@@ -58,7 +58,7 @@ class DemoOptions:
     breaks: str | None = None
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):  # not an Exception: a step must not report it as its own failure
     pass
 
 
