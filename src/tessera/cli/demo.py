@@ -33,7 +33,7 @@ _BREAKS = ("federation", "approval", "audit")
     "breaks",
     type=click.Choice(_BREAKS),
     help="Make one step fail on purpose, for real: federation (a token from another organisation), "
-    "approval (Sam denies), audit (a record rewritten in the database).",
+    "approval (Sam denies), audit (a record rewritten in the database). The mcp scenario: approval only.",
 )
 # The names of tessera.demo.SCENARIOS, listed here so that `tessera --help` needs no demo import.
 @click.option(

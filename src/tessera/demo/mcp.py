@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -207,24 +207,22 @@ def play(world: World, report: Report, *, auto_approve: bool, timeout: float, br
         report.say("Sam enrolled an authenticator app through the link the phone received")
         step.details.update(issuer=world.issuer, data_dir=str(world.data_dir))
 
-    tools = ToolServer(world.issuer)
-    agent = Agent(world.issuer, world.registration_token, tools.url)
-    try:
-        _tool_server(world, report, tools)
+    with ExitStack() as stack:  # the tool server and the agent are stopped whatever happens
+        tools = _tool_server(world, report, stack)
+        agent = Agent(world.issuer, world.registration_token, tools.url)
+        stack.callback(agent.close)
         storage = _Tokens()
         provider = _connect(world, report, agent, tools, storage)
         _challenge(report, tools, provider, storage)
-        token = _approval(
-            world, report, agent, tools, provider, auto_approve=auto_approve, timeout=timeout, deny=breaks == "approval"
-        )
+        deny = breaks == "approval"
+        token = _approval(world, report, agent, tools, provider, auto_approve=auto_approve, timeout=timeout, deny=deny)
         _used_once(report, tools, token)
-    finally:
-        agent.close()
-        tools.close()
 
 
-def _tool_server(world: World, report: Report, tools: ToolServer) -> None:
+def _tool_server(world: World, report: Report, stack: ExitStack) -> ToolServer:
     with report.step("tool-server", "An MCP tool server trusts Tessera (RFC 9728 metadata)") as step:
+        tools = ToolServer(world.issuer)
+        stack.callback(tools.close)
         tools.start()
         report.say("the ledger's MCP server listens (mcp SDK, streamable HTTP)", resource=tools.url)
         r = httpx.get(tools.metadata_url, timeout=10)
@@ -245,6 +243,7 @@ def _tool_server(world: World, report: Report, tools: ToolServer) -> None:
         pointer = challenge[challenge.index("resource_metadata=") :].split(",")[0]
         report.say("a call without a token gets 401 pointing to that metadata", **{"WWW-Authenticate": pointer})
         step.details.update(resource=tools.url, metadata=md, anonymous=anonymous.status_code)
+        return tools
 
 
 def _connect(
