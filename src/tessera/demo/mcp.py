@@ -197,6 +197,7 @@ def _text(result: Any) -> str:
 def play(world: World, report: Report, *, auto_approve: bool, timeout: float, breaks: str | None) -> None:
     """The MCP story; raises ``StepFailed`` at the first step that fails."""
     with report.step("setup", "Tessera starts on the embedded default", numbered=False) as step:
+        step.details["data_dir"] = str(world.data_dir)
         world.start()
         report.say("tessera serve is up", issuer=world.issuer, data=str(world.data_dir))
         before = world.phone.count("enrolment.link")
@@ -205,7 +206,7 @@ def play(world: World, report: Report, *, auto_approve: bool, timeout: float, br
             raise StepFailed(f"the enrolment link could not be sent: {_oauth_error(r)}")
         world.phone.enrol_totp(world.phone.wait_for("enrolment.link", after=before)["data"]["link"])
         report.say("Sam enrolled an authenticator app through the link the phone received")
-        step.details.update(issuer=world.issuer, data_dir=str(world.data_dir))
+        step.details.update(issuer=world.issuer)
 
     with ExitStack() as stack:  # the tool server and the agent are stopped whatever happens
         tools = _tool_server(world, report, stack)
