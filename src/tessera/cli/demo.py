@@ -33,10 +33,17 @@ _BREAKS = ("federation", "approval", "audit")
     "breaks",
     type=click.Choice(_BREAKS),
     help="Make one step fail on purpose, for real: federation (a token from another organisation), "
-    "approval (Sam denies), audit (a record rewritten in the database).",
+    "approval (Sam denies), audit (a record rewritten in the database). The mcp scenario: approval only.",
 )
 # The names of tessera.demo.SCENARIOS, listed here so that `tessera --help` needs no demo import.
-@click.option("--scenario", type=click.Choice(["payments"]), default="payments", show_default=True, hidden=True)
+@click.option(
+    "--scenario",
+    type=click.Choice(["payments", "mcp"]),
+    default="payments",
+    show_default=True,
+    help="payments: the whole story. mcp: an agent calls an MCP tool server; Sam approves one tool call "
+    "(needs tessera[mcp]).",
+)
 def demo(auto_approve: bool, timeout: float, as_json: bool, keep: bool, breaks: str | None, scenario: str) -> None:
     """Watch the whole story: Tessera, a CI job, an agent, an approver's phone, a payments API.
 
@@ -53,6 +60,8 @@ def demo(auto_approve: bool, timeout: float, as_json: bool, keep: bool, breaks: 
         raise click.ClickException(
             f"{e.name}: the demo needs the server and the demo extras; pip install 'tessera[server,demo]'"
         ) from None
+    if breaks is not None and scenario == "mcp" and breaks != "approval":
+        raise click.UsageError("the mcp scenario can only --break approval")
     options = DemoOptions(
         scenario=scenario, auto_approve=auto_approve, timeout=timeout, json=as_json, keep=keep, breaks=breaks
     )

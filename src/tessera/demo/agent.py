@@ -43,7 +43,7 @@ class Agent:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
-    def register(self, name: str, contacts: list[str]) -> str:
+    def register(self, name: str, contacts: list[str], *, scope: str = "payments") -> str:
         self.metadata = self.http.get(self.issuer + "/.well-known/openid-configuration").raise_for_status().json()
         body = {
             "client_name": name,
@@ -51,7 +51,7 @@ class Agent:
             "grant_types": ["client_credentials", CIBA_GRANT],
             "token_endpoint_auth_method": "client_secret_basic",
             "backchannel_token_delivery_mode": "poll",
-            "scope": "payments",
+            "scope": scope,
             "allowed_resources": [self.resource],
             "default_resource": self.resource,
         }
@@ -69,6 +69,11 @@ class Agent:
     @property
     def _auth(self) -> tuple[str, str]:
         return (self.client_id, self._secret)
+
+    @property
+    def secret(self) -> str:
+        """The client secret Tessera issued at registration (for the ``mcp`` SDK's provider)."""
+        return self._secret
 
     def client_credentials(self, scope: str) -> httpx.Response:
         """A token on the agent's own authority (RFC 6749 §4.4)."""

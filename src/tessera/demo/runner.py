@@ -25,8 +25,27 @@ __all__ = ["SCENARIOS", "DemoOptions", "run"]
 
 Scenario = Callable[..., None]
 
-#: name → play(world, report, *, auto_approve, timeout, breaks). Issue 9 adds "mcp" here.
-SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {"payments": (payments.play, payments.BREAKS)}
+#: The MCP scenario's ``--break`` steps (kept here: ``tessera.demo.mcp`` imports the optional ``mcp`` SDK).
+MCP_BREAKS = {"approval": "Sam denies the tool call on the phone: the agent gets access_denied and nothing is paid"}
+MCP_EXTRA = "the MCP scenario needs the mcp SDK: pip install 'tessera[mcp]'"
+
+
+def _play_mcp(world: World, report: Report, **options: Any) -> None:
+    """``tessera.demo.mcp.play``, imported only now; without the ``mcp`` extra the setup step fails saying so."""
+    try:
+        from tessera.demo import mcp
+    except ImportError as e:
+        with report.step("setup", "The MCP scenario's dependencies", numbered=False) as step:
+            step.details["data_dir"] = str(world.data_dir)
+            raise StepFailed(f"{MCP_EXTRA} ({e.name} is not installed)") from None
+    mcp.play(world, report, **options)
+
+
+#: name → play(world, report, *, auto_approve, timeout, breaks)
+SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
+    "payments": (payments.play, payments.BREAKS),
+    "mcp": (_play_mcp, MCP_BREAKS),
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +58,7 @@ class DemoOptions:
     breaks: str | None = None
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):  # not an Exception: a step must not report it as its own failure
     pass
 
 
@@ -103,6 +122,10 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
         console.print(
             f"[bold green]The whole story played: {len(report.steps)} steps passed[/] in {summary['seconds']:.1f} s."
         )
+        if options.scenario == "payments":
+            console.print(
+                "[dim]Next: an agent calling MCP tools, Sam approving one call: tessera demo --scenario mcp[/]"
+            )
     elif status == 1:
         console.print(
             f"[bold red]tessera demo failed at step '{summary['failed_step']}':[/] {summary['error']}", soft_wrap=True
