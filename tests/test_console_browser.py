@@ -118,6 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterat
         TESSERA_CONSOLE_ADMIN_GROUP="console-admins",
         TESSERA_WEBHOOKS=json.dumps([{"name": "ops", "url": hook.url, "keys": [secret]}]),
         TESSERA_DEV_MODE="true",  # the webhook receiver is on loopback
+        TESSERA_KEY_REFRESH_INTERVAL="1",  # published flows are in force within a second
     )
     # WebAuthn: the relying party id is the issuer's host, which must be a name, not 127.0.0.1.
     srv.issuer = f"http://localhost:{srv.port}"
@@ -197,14 +198,19 @@ def world(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterat
             path = flows / "payments-production.yaml"
             path.write_text(path.read_text().replace("timeout: 600", "timeout: 900"))
 
-        # A flow decision: the payments flow denies a payments client without an owner on record.
-        r = httpx.post(
-            srv.token_endpoint,
-            data={"grant_type": "client_credentials", "scope": "payments.read"},
-            auth=(payments["client_id"], payments["client_secret"]),
-            timeout=10,
-        )
-        assert r.status_code in (400, 403), r.text
+        # A flow decision: the payments flow denies a payments client without an owner on record (once
+        # the server has loaded the published flows: within one refresh interval).
+        def payments_denied() -> bool:
+            r = httpx.post(
+                srv.token_endpoint,
+                data={"grant_type": "client_credentials", "scope": "payments.read"},
+                auth=(payments["client_id"], payments["client_secret"]),
+                timeout=10,
+            )
+            assert r.status_code in (200, 400, 403), r.text
+            return r.status_code in (400, 403)
+
+        wait_for("the payments flow in force", payments_denied)
 
         # An approval decided by Ada on the approval page (approval latency), one left pending.
         r = admin.post(
